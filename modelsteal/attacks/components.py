@@ -1,0 +1,166 @@
+"""The stealing pipeline's components: label, train, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from modelsteal import component as component_lib
+from modelsteal.artifacts import Evaluation
+from modelsteal.artifacts import Examples
+from modelsteal.artifacts import Model
+from modelsteal.attacks.strategies import select_queries
+from modelsteal.component import InputArtifact
+from modelsteal.component import OutputArtifact
+from modelsteal.component import Parameter
+from modelsteal.component import component
+
+
+def _answer_cache_dir() -> str | None:
+  wd = component_lib.workdir()
+  return os.path.join(wd, 'answer_cache') if wd else None
+
+
+@component
+def label_queries(*, splits: InputArtifact[Examples],
+                  labeled: OutputArtifact[Examples],
+                  victim: Parameter[dict],
+                  output: Parameter[str] = 'label',
+                  budget: Parameter[int] = 1000,
+                  strategy: Parameter[str] = 'random',
+                  seed: Parameter[int] = 0,
+                  batch_size: Parameter[int] = 256):
+  """Selects `budget` queries from the `pool` split and labels them.
+
+  The queries go through a tf.data pipeline in batches to the oracle, which
+  enforces the budget and caches every answer on disk as it arrives: an
+  interrupted run leaves no artifact, and its rerun pays only for the
+  queries not yet answered.
+
+  Writes split `train`: `x` the queries, `y` the victim's top-1 answer,
+  `answers` (N, K) float32 what the victim revealed, `idx` pool indices.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
+  from modelsteal.oracle import make_oracle  # pylint: disable=g-import-not-at-top
+  pool = splits.load_split('pool')
+  idx = select_queries(pool['x'], budget, strategy, seed)
+  x = pool['x'][idx]
+  oracle = make_oracle(victim, output=output, budget=budget,
+                       cache_dir=_answer_cache_dir(), seed=seed)
+  bar = keras.utils.Progbar(len(x), unit_name='query',
+                             stateful_metrics=['paid'])
+  answers = []
+  for batch in make_tf_dataset(x, batch_size=batch_size).as_numpy_iterator():
+    answers.append(oracle.query(batch))
+    bar.add(len(batch), values=[('paid', oracle.paid)])
+  answers = np.concatenate(answers)
+  labeled.save_split('train', x, answers.argmax(axis=1), answers=answers,
+                     idx=idx)
+  labeled.properties.update({
+      'num_classes': int(answers.shape[1]), 'output': output,
+      'soft': bool(oracle.soft), 'budget': int(budget),
+      'queries_asked': int(oracle.asked), 'queries_paid': int(oracle.paid),
+      'shape': list(x.shape[1:]), 'strategy': strategy})
+
+
+def _class_count(examples: Examples, data: dict) -> int:
+  k = examples.properties.get('num_classes')
+  if k:
+    return int(k)
+  if 'answers' in data:
+    return int(data['answers'].shape[1])
+  return int(data['y'].max()) + 1
+
+
+@component
+def train_model(*, examples: InputArtifact[Examples],
+                model: OutputArtifact[Model],
+                arch: Parameter[str],
+                recipe: Parameter[dict],
+                split: Parameter[str] = 'train',
+                targets: Parameter[str] = 'y',
+                seed: Parameter[int] = 0):
+  """Trains `arch` on a split and saves it as `.keras` and as a SavedModel.
+
+  Args (beyond the artifacts):
+    arch: architecture name (`modelsteal.models.ARCHITECTURES`).
+    recipe: `TrainConfig` fields as a dict.
+    split: the split of `examples` to train on.
+    targets: `y` (true labels: a victim) or `answers` (the victim's answers: a
+      student; soft targets when the answers were probabilities).
+    seed: training seed.
+
+  The model artifact's properties record its test accuracy when `examples`
+  has a `test` split, and the split, seed and recipe it was trained with.
+  """
+  from modelsteal import distribute  # pylint: disable=g-import-not-at-top
+  from modelsteal.export import export_saved_model  # pylint: disable=g-import-not-at-top
+  from modelsteal.training import TrainConfig, predict_probs, train_classifier  # pylint: disable=g-import-not-at-top
+  data = examples.load_split(split)
+  k = _class_count(examples, data)
+  if targets == 'answers':
+    t = data['answers'] if examples.properties.get('soft') else data['answers'].argmax(1)
+  elif targets == 'y':
+    t = data['y']
+  else:
+    raise ValueError(f"targets must be 'y' or 'answers', got {targets!r}.")
+  keras_model = train_classifier(
+      arch, data['x'], t, k, TrainConfig(**recipe), seed=seed,
+      strategy=distribute.current(),
+      backup_dir=os.path.join(component_lib.scratch_dir(), 'backup'))
+  keras_model.save(model.keras_path)
+  export_saved_model(keras_model, model.serving_dir, version=1)
+  props = {'arch': arch, 'num_classes': k, 'input_shape': list(data['x'].shape[1:]),
+           'split': split, 'targets': targets, 'seed': seed, 'recipe': recipe,
+           'train_size': int(len(data['x'])),
+           'dataset': examples.properties.get('name', '')}
+  if 'test' in examples.splits:
+    test = examples.load_split('test')
+    props['test_accuracy'] = float(
+        (predict_probs(keras_model, test['x']).argmax(1) == test['y']).mean())
+  model.properties.update(props)
+
+
+@component
+def evaluate_model(*, splits: InputArtifact[Examples],
+                   query_splits: InputArtifact[Examples],
+                   evaluation: OutputArtifact[Evaluation],
+                   model: Parameter[dict],
+                   victim: Parameter[dict]):
+  """Accuracy and fidelity of a model (reference) against the victim.
+
+  Metrics (written to `metrics.json`):
+    accuracy: top-1 accuracy on the clean test split.
+    fidelity: top-1 agreement with the victim on the test split.
+    fidelity_heldout: agreement on the attacker's held-out data
+      (`query_splits`' `heldout`), never queried for training.
+    victim_accuracy: the victim's accuracy on the test split.
+
+  The victim is asked through an oracle in `probs` mode without a budget:
+  evaluation queries are the experimenter's, not the attacker's. They are
+  cached like every answer.
+  """
+  from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
+  from modelsteal.oracle import make_oracle  # pylint: disable=g-import-not-at-top
+  victim_oracle = make_oracle(victim, output='probs',
+                              cache_dir=_answer_cache_dir())
+  predictor = load_predictor(model['path'])
+  metrics = {}
+  for source, split, suffix in ((splits, 'test', ''),
+                                (query_splits, 'heldout', '_heldout')):
+    if split not in source.splits:
+      continue
+    data = source.load_split(split)
+    mine = predictor(data['x']).argmax(1)
+    theirs = np.concatenate([victim_oracle.query(data['x'][i:i + 1024])
+                             for i in range(0, len(data['x']), 1024)]).argmax(1)
+    metrics['fidelity' + suffix] = float((mine == theirs).mean())
+    if split == 'test':
+      metrics['accuracy'] = float((mine == data['y']).mean())
+      metrics['victim_accuracy'] = float((theirs == data['y']).mean())
+  with open(evaluation.path('metrics.json'), 'w') as f:
+    json.dump(metrics, f, indent=1)
+  evaluation.properties.update(metrics)

@@ -1,0 +1,77 @@
+"""Result tables (pandas) and plots (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+
+STEAL_COLUMNS = ['model', 'role', 'arch', 'budget', 'output', 'queries_paid',
+                 'accuracy', 'fidelity', 'fidelity_heldout',
+                 'normalized_accuracy', 'train_s']
+
+
+def results_frame(rows: list[dict], columns: list[str] | None = None
+                  ) -> pd.DataFrame:
+  """Rows -> DataFrame with `columns` first (those present), then the rest."""
+  df = pd.DataFrame(rows)
+  if columns:
+    first = [c for c in columns if c in df.columns]
+    df = df[first + [c for c in df.columns if c not in first]]
+  return df
+
+
+def save_results(df: pd.DataFrame, out_dir: str, stem: str = 'results'
+                 ) -> tuple[str, str]:
+  """Writes `<stem>.csv` and `<stem>.json` (records) atomically."""
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, f'{stem}.csv')
+  json_path = os.path.join(out_dir, f'{stem}.json')
+  df.to_csv(csv_path + '.tmp', index=False)
+  os.replace(csv_path + '.tmp', csv_path)
+  with open(json_path + '.tmp', 'w') as f:
+    json.dump(json.loads(df.to_json(orient='records')), f, indent=1)
+  os.replace(json_path + '.tmp', json_path)
+  return csv_path, json_path
+
+
+def format_table(df: pd.DataFrame) -> str:
+  """A fixed-width text table, fractions as percentages."""
+  show = df.copy()
+  for c in show.columns:
+    if c in ('accuracy', 'fidelity', 'fidelity_heldout', 'normalized_accuracy',
+             'victim_accuracy') or c.startswith(('acc', 'fid')):
+      if pd.api.types.is_float_dtype(show[c]):
+        show[c] = show[c].map(lambda v: '' if pd.isna(v) else f'{100 * v:.2f}%')
+  return show.to_string(index=False)
+
+
+def plot_budget_sweep(df: pd.DataFrame, path: str, title: str = '') -> str:
+  """Accuracy and fidelity of each student against the query budget (log x)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  students = df[df['role'] == 'student']
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  for ax, metric in zip(axes, ('accuracy', 'fidelity')):
+    for arch, g in students.groupby('arch'):
+      g = g.sort_values('budget')
+      ax.plot(g['budget'], 100 * g[metric], marker='o', label=arch)
+    victim = df[df['role'] == 'victim']
+    if metric == 'accuracy' and len(victim):
+      ax.axhline(100 * victim['accuracy'].iloc[0], color='k', ls='--',
+                 label='victim')
+    ax.set_xscale('log')
+    ax.set_xlabel('queries')
+    ax.set_ylabel(f'{metric} (%)')
+    ax.set_title(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path + '.tmp.png', dpi=120)
+  plt.close(fig)
+  os.replace(path + '.tmp.png', path)
+  return path

@@ -1,0 +1,30 @@
+"""Black-box access to victims: one interface, budget, answer cache.
+
+`make_oracle(victim_ref, ...)` builds the right oracle from a victim
+reference, a small JSON-able dict that is also part of component
+fingerprints:
+
+    {'kind': 'local', 'path': SAVEDMODEL_OR_KERAS_PATH, 'fingerprint': ...}
+"""
+
+from modelsteal.oracle.base import BudgetExceededError
+from modelsteal.oracle.base import LocalOracle
+from modelsteal.oracle.base import Oracle
+from modelsteal.oracle.base import OracleError
+from modelsteal.oracle.cache import AnswerCache
+
+ORACLE_KINDS = ('local',)
+
+
+def make_oracle(victim_ref: dict, **kwargs) -> Oracle:
+  """An oracle for a victim reference (see the module docstring)."""
+  kind = victim_ref.get('kind')
+  if kind == 'local':
+    from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
+    return LocalOracle(load_predictor(victim_ref['path']),
+                       identity=victim_ref['fingerprint'], **kwargs)
+  raise ValueError(f'unknown victim kind {kind!r}; valid: {ORACLE_KINDS}.')
+
+
+__all__ = ['AnswerCache', 'BudgetExceededError', 'LocalOracle', 'Oracle',
+           'OracleError', 'make_oracle', 'ORACLE_KINDS']

@@ -1,0 +1,48 @@
+"""Flags every pipeline shares, defined once (absl rejects a flag defined
+twice in one process, and the tests import every pipeline), plus the shared
+`main` wrapper that turns user mistakes into one clear line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import flags
+
+DATASET = flags.DEFINE_string(
+    'dataset', None, 'Dataset name (mnist, fashion_mnist, cifar10, '
+    'offline_mnist) or path (Keras-style .npz / IDX folder).')
+DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+WORKDIR = flags.DEFINE_string('workdir', './runs', 'Root of all artifacts.')
+SEED = flags.DEFINE_integer('seed', 0, 'Seed for splits, queries, training.')
+SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny data and steps (tests).')
+DISTRIBUTE = flags.DEFINE_string('distribute', 'default',
+                                 'tf.distribute strategy: default, mirrored, '
+                                 'tpu.')
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Exceptions a user can cause: printed as one line, never a traceback."""
+  from modelsteal.artifacts import ArtifactError  # pylint: disable=g-import-not-at-top
+  from modelsteal.data import DataError, DatasetUnavailableError  # pylint: disable=g-import-not-at-top
+  from modelsteal.export import ModelLoadError  # pylint: disable=g-import-not-at-top
+  from modelsteal.oracle import BudgetExceededError, OracleError  # pylint: disable=g-import-not-at-top
+  return (KeyError, ValueError, DataError, DatasetUnavailableError,
+          ModelLoadError, BudgetExceededError, OracleError, ArtifactError)
+
+
+def run_main(body: Callable[[], object], name: str) -> None:
+  """Runs a pipeline body: quiet logs, clear errors, resumable Ctrl-C."""
+  from pipelines import quiet_logs  # pylint: disable=g-import-not-at-top
+  quiet_logs()
+  try:
+    body()
+  except KeyboardInterrupt:
+    print(f'\n{name}: interrupted. Nothing half-written was kept and finished '
+          'steps (and answers received) are saved: run the same command '
+          'again to resume.', file=sys.stderr)
+    sys.exit(130)
+  except user_errors() as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f'{name}: error: {msg}', file=sys.stderr)
+    sys.exit(2)

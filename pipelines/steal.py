@@ -1,0 +1,289 @@
+r"""Steal a black-box image classifier and measure how well it was copied.
+
+    python -m pipelines.steal --victim=mnist_cnn
+
+Trains (once, then cached) the zoo victim `mnist_cnn` on its private half of
+MNIST, labels 10,000 random queries from the attacker's half through a
+label-only oracle, trains two students (the victim's architecture and an MLP)
+on the answers, and prints accuracy and fidelity of each. Artifacts, with an
+`execution.json` each, go under `--workdir` (default ./runs); the results
+table to `<workdir>/steal/<run>/results.{csv,json}` and each student's
+servable SavedModel to `<workdir>/train_model/<id>/model/serving/1`. About
+2-3 minutes on a 2-core CPU with the victim cached; the first run also trains
+the victim (about a minute).
+
+Variants:
+
+    --output=probs | label | topk:3 | rounded:2        what the victim reveals
+    --budgets=100,1000,10000                           sweep, with a PNG plot
+    --query_data=fashion_mnist                         knockoff-style queries
+    --victim_path=PATH --dataset=mnist                 your own victim
+    --students=mnist_cnn,lenet5,mnist_mlp              student architectures
+    --distribute=mirrored|tpu                          tf.distribute strategy
+    --smoke                                            a tiny run, seconds
+
+Rerunning a command reuses every finished step; an interrupted run resumes,
+paying only for the queries that were not answered yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+
+from absl import app
+from absl import flags
+
+from pipelines import common
+
+_VICTIM = flags.DEFINE_string('victim', 'mnist_cnn', 'Victim zoo name.')
+_VICTIM_PATH = flags.DEFINE_string(
+    'victim_path', None, 'A .keras file or SavedModel to steal instead of a '
+    'zoo victim (needs --dataset).')
+_QUERY_DATA = flags.DEFINE_string(
+    'query_data', None, "Attacker's query dataset; default: the attacker's "
+    'half of --dataset.')
+_OUTPUT = flags.DEFINE_string(
+    'output', 'label', 'What the victim answers: probs, label, topk:K, '
+    'rounded:D (and the defences cutoff:T, noise:S, reverse_sigmoid:B,G).')
+_BUDGET = flags.DEFINE_integer('budget', 10000, 'Query budget.')
+_BUDGETS = flags.DEFINE_list('budgets', [], 'Budget sweep, e.g. 100,1000,10000 '
+                             '(overrides --budget).')
+_STRATEGY = flags.DEFINE_string('query_strategy', 'random', 'Query strategy.')
+_STUDENTS = flags.DEFINE_list(
+    'students', [], "Student architectures; default: the victim's plus one "
+    'of another family.')
+
+
+@dataclasses.dataclass(frozen=True)
+class StealConfig:
+  victim: str = 'mnist_cnn'
+  victim_path: str | None = None
+  dataset: str | None = None
+  data_dir: str | None = None
+  query_data: str | None = None
+  output: str = 'label'
+  budgets: tuple[int, ...] = (10000,)
+  budget_explicit: bool = False  # an explicit budget above the pool is an error
+  query_strategy: str = 'random'
+  students: tuple[str, ...] = ()
+  distribute: str = 'default'
+  workdir: str = './runs'
+  seed: int = 0
+  smoke: bool = False
+
+
+def student_recipe(arch: str, n: int, smoke: bool) -> dict:
+  """Epochs scale inversely with the data so small budgets still converge."""
+  from modelsteal.models import FAMILIES  # pylint: disable=g-import-not-at-top
+  epochs = 1 if smoke else int(min(60, max(12, round(120_000 / max(n, 1)))))
+  return {'epochs': epochs, 'batch_size': 64 if n < 5000 else 128,
+          'learning_rate': 2e-3, 'augment': FAMILIES.get(arch) == 'cnn',
+          'weight_decay': 0.0, 'label_smoothing': 0.0}
+
+
+def _shrink(ds, n_train=1200, n_test=300):
+  return dataclasses.replace(ds, x_train=ds.x_train[:n_train],
+                             y_train=ds.y_train[:n_train],
+                             x_test=ds.x_test[:n_test], y_test=ds.y_test[:n_test])
+
+
+class _Steps:
+  """Prints each step with its time, and whether it was reused."""
+
+  def __init__(self):
+    self.rows = []
+
+  def record(self, label: str, result) -> None:
+    self.rows.append((label, result.duration_s, result.reused))
+    note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
+    print(f'[steal] {label:<44} {note:>10}  {result.execution_dir}', flush=True)
+
+
+def run(cfg: StealConfig):
+  """Runs the pipeline; returns (results DataFrame, output directory)."""
+  from modelsteal import data as data_lib  # pylint: disable=g-import-not-at-top
+  from modelsteal import distribute  # pylint: disable=g-import-not-at-top
+  from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
+  from modelsteal import models  # pylint: disable=g-import-not-at-top
+  from modelsteal import victims  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks import QUERY_STRATEGIES, evaluate_model, label_queries, train_model  # pylint: disable=g-import-not-at-top
+  from modelsteal.defenses import parse_output  # pylint: disable=g-import-not-at-top
+  from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
+
+  started = time.time()
+  parse_output(cfg.output)  # fail early on a bad mode
+  if cfg.query_strategy not in QUERY_STRATEGIES:
+    raise KeyError(f'unknown query strategy {cfg.query_strategy!r}; valid: '
+                   f'{", ".join(sorted(QUERY_STRATEGIES))}.')
+  for b in cfg.budgets:
+    if b < 1:
+      raise ValueError(f'the query budget must be at least 1, got {b}.')
+  spec = None
+  if cfg.victim_path:
+    if not cfg.dataset:
+      raise ValueError('--victim_path needs --dataset: the data the victim '
+                       'classifies.')
+  else:
+    spec = victims.get_victim(cfg.victim)
+  students = list(cfg.students) or list(spec.students if spec else ())
+  for s in students:
+    if s not in models.ARCHITECTURES:
+      raise KeyError(f'unknown student architecture {s!r}; valid: '
+                     f'{", ".join(sorted(models.ARCHITECTURES))}.')
+  distribute.use(cfg.distribute)
+  wd = os.path.abspath(cfg.workdir)
+  steps = _Steps()
+
+  # Data: the victim's dataset, split into the victim's half and the
+  # attacker's; the query data is the attacker's half unless said otherwise.
+  dataset = data_lib.load_dataset(cfg.dataset or spec.dataset, cfg.data_dir)
+  if cfg.smoke:
+    dataset = _shrink(dataset)
+  print(f'[steal] data: {dataset.name} from {dataset.source}: '
+        f'{len(dataset.x_train)} train / {len(dataset.x_test)} test, '
+        f'shape {dataset.shape}', flush=True)
+  min_size = dataset.num_classes
+  split = data_lib.split_data.run(
+      wd, examples=data_lib.import_dataset(dataset, wd), seed=cfg.seed,
+      victim_fraction=0.5, heldout_fraction=0.1, min_size=min_size)
+  steps.record('split_data', split)
+  splits = split['splits']
+  query_splits = splits
+  if cfg.query_data and cfg.query_data != (cfg.dataset or spec.dataset):
+    qds = data_lib.load_dataset(cfg.query_data, cfg.data_dir)
+    if cfg.smoke:
+      qds = _shrink(qds)
+    if qds.shape != dataset.shape:
+      raise data_lib.DataError(
+          f'--query_data {qds.name} has images of shape {qds.shape}, the '
+          f'victim takes {dataset.shape}.')
+    qsplit = data_lib.split_data.run(
+        wd, examples=data_lib.import_dataset(qds, wd), seed=cfg.seed,
+        victim_fraction=0.0, heldout_fraction=0.1, min_size=min_size)
+    steps.record(f'split_data (queries: {qds.name})', qsplit)
+    query_splits = qsplit['splits']
+  pool_size = query_splits.properties['sizes']['pool']
+
+  # Victim.
+  if spec is not None:
+    recipe = dataclasses.asdict(spec.recipe)
+    if cfg.smoke:
+      recipe['epochs'] = 1
+    vres = train_model.run(wd, examples=splits, arch=spec.arch, recipe=recipe,
+                           split='victim', targets='y', seed=cfg.seed)
+    steps.record(f'train victim {cfg.victim}', vres)
+    victim_ref = victims.victim_ref_from_model(vres['model'])
+    victim_name = cfg.victim
+    acc = vres['model'].properties.get('test_accuracy')
+    print(f'[steal] victim {cfg.victim}: test accuracy {100 * acc:.2f}% '
+          f'(SavedModel {victim_ref["path"]})', flush=True)
+  else:
+    victim_ref = victims.victim_ref_from_path(cfg.victim_path)
+    victim_name = os.path.basename(os.path.normpath(cfg.victim_path))
+    load_predictor(victim_ref['path']).check_input(dataset.shape)
+  if not students:
+    students = (['mnist_cnn', 'mnist_mlp'] if dataset.shape[-1] == 1
+                else ['cifar10_cnn', 'lenet5'])
+
+  # Budgets: an explicit budget above the pool is an error, the default one
+  # is capped with a notice (the offline subset has fewer images).
+  budgets = []
+  for b in cfg.budgets:
+    if b > pool_size:
+      if cfg.budget_explicit and not cfg.smoke:
+        raise ValueError(f'the query budget ({b}) is larger than the '
+                         f"attacker's query pool ({pool_size} images); lower "
+                         '--budget or use a larger --query_data.')
+      print(f'[steal] notice: budget {b} capped to the pool size {pool_size}.',
+            flush=True)
+      b = pool_size
+    if b not in budgets:
+      budgets.append(b)
+
+  rows = []
+  vev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
+                           model=victim_ref, victim=victim_ref)
+  steps.record('evaluate victim', vev)
+  victim_acc = vev['evaluation'].properties['accuracy']
+  rows.append({'model': victim_name, 'role': 'victim', 'arch': spec.arch if spec
+               else 'unknown', 'budget': 0, 'output': 'probs',
+               'queries_paid': 0, **vev['evaluation'].properties,
+               'normalized_accuracy': 1.0, 'train_s': None, 'saved_model':
+               victim_ref['path']})
+  for b in budgets:
+    lab = label_queries.run(wd, splits=query_splits, victim=victim_ref,
+                            output=cfg.output, budget=b,
+                            strategy=cfg.query_strategy, seed=cfg.seed)
+    steps.record(f'label_queries budget={b} output={cfg.output}', lab)
+    labeled = lab['labeled']
+    for arch in students:
+      sres = train_model.run(wd, examples=labeled, arch=arch,
+                             recipe=student_recipe(arch, b, cfg.smoke),
+                             split='train', targets='answers', seed=cfg.seed)
+      steps.record(f'train student {arch} budget={b}', sres)
+      sref = victims.victim_ref_from_model(sres['model'])
+      sev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
+                               model=sref, victim=victim_ref)
+      steps.record(f'evaluate student {arch} budget={b}', sev)
+      m = sev['evaluation'].properties
+      rows.append({'model': f'{arch}@{b}', 'role': 'student', 'arch': arch,
+                   'budget': b, 'output': cfg.output,
+                   'queries_paid': labeled.properties['queries_paid'], **m,
+                   'normalized_accuracy': m['accuracy'] / victim_acc,
+                   'train_s': round(sres.duration_s, 1),
+                   'saved_model': sref['path']})
+
+  df = evaluation.results_frame(rows, evaluation.STEAL_COLUMNS)
+  run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
+      [victim_name, cfg.output, (cfg.query_data or 'same'),
+       'b' + '_'.join(map(str, budgets))] + (['smoke'] if cfg.smoke else [])))
+  out_dir = os.path.join(wd, 'steal', run_name)
+  csv_path, json_path = evaluation.save_results(df, out_dir)
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  evaluation.save_results(pd.DataFrame(steps.rows, columns=[
+      'step', 'seconds', 'reused']), out_dir, stem='steps')
+  print('\n' + evaluation.format_table(df.drop(columns=['saved_model'])))
+  if len(budgets) > 1:
+    plot = evaluation.plot_budget_sweep(
+        df, os.path.join(out_dir, 'budget_sweep.png'),
+        title=f'stealing {victim_name} ({cfg.output} answers)')
+    print(f'\nplot:     {plot}')
+  print(f'results:  {csv_path}\n          {json_path}')
+  for r in rows[1:]:
+    print(f'student {r["model"]:<18} SavedModel: {r["saved_model"]}')
+  print(f'total time {time.time() - started:.1f}s', flush=True)
+  return df, out_dir
+
+
+def config_from_flags() -> StealConfig:
+  budgets = tuple(int(b) for b in _BUDGETS.value) if _BUDGETS.value else (
+      _BUDGET.value,)
+  return StealConfig(
+      victim=_VICTIM.value, victim_path=_VICTIM_PATH.value,
+      dataset=common.DATASET.value, data_dir=common.DATA_DIR.value,
+      query_data=_QUERY_DATA.value, output=_OUTPUT.value, budgets=budgets,
+      budget_explicit=flags.FLAGS['budget'].present or bool(_BUDGETS.value),
+      query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),
+      distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
+      smoke=common.SMOKE.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+
+  def body():
+    try:
+      cfg = config_from_flags()
+    except ValueError as e:
+      raise ValueError(f'--budgets must be integers ({e}).') from e
+    run(cfg)
+
+  common.run_main(body, 'steal')
+
+
+if __name__ == '__main__':
+  app.run(main)
