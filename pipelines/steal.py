@@ -193,7 +193,7 @@ def run(cfg: StealConfig):
   budgets = []
   for b in cfg.budgets:
     if b > pool_size:
-      if cfg.budget_explicit and not cfg.smoke:
+      if cfg.budget_explicit:
         raise ValueError(f'the query budget ({b}) is larger than the '
                          f"attacker's query pool ({pool_size} images); lower "
                          '--budget or use a larger --query_data.')
@@ -265,7 +265,8 @@ def config_from_flags() -> StealConfig:
       victim=_VICTIM.value, victim_path=_VICTIM_PATH.value,
       dataset=common.DATASET.value, data_dir=common.DATA_DIR.value,
       query_data=_QUERY_DATA.value, output=_OUTPUT.value, budgets=budgets,
-      budget_explicit=flags.FLAGS['budget'].present or bool(_BUDGETS.value),
+      budget_explicit=(not flags.FLAGS['budget'].using_default_value
+                       or bool(_BUDGETS.value)),
       query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)
