@@ -37,7 +37,7 @@ def translation_augmenter(seed: int, fraction: float = 0.1):
 def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
                      num_classes: int, config: TrainConfig, *, seed: int = 0,
                      strategy=None, backup_dir: str | None = None,
-                     verbose: int = 2, model=None):
+                     verbose: int = 2, model=None, callbacks=()):
   """Trains architecture `arch` (or the given `model`) on images `x`.
 
   Args:
@@ -53,6 +53,7 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
       an interrupted run resumes from it.
     verbose: Keras verbosity (2 = one line per epoch).
     model: an already-built model to train instead of building `arch`.
+    callbacks: extra Keras callbacks.
 
   Returns:
     The trained `keras.Model` (logits).
@@ -91,9 +92,9 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   augment = translation_augmenter(seed) if config.augment else None
   ds = make_tf_dataset(x, targets, config.batch_size, shuffle=True, seed=seed,
                        augment=augment)
-  callbacks = []
+  callbacks = list(callbacks)
   if backup_dir:
-    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+    callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
   model.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks,
             shuffle=False)  # tf.data shuffles
   return model

