@@ -37,7 +37,8 @@ def translation_augmenter(seed: int, fraction: float = 0.1):
 def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
                      num_classes: int, config: TrainConfig, *, seed: int = 0,
                      strategy=None, backup_dir: str | None = None,
-                     verbose: int = 2, model=None, callbacks=()):
+                     verbose: int = 2, model=None, callbacks=(),
+                     pair_augment=None, wrap=None):
   """Trains architecture `arch` (or the given `model`) on images `x`.
 
   Args:
@@ -54,6 +55,10 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
     verbose: Keras verbosity (2 = one line per epoch).
     model: an already-built model to train instead of building `arch`.
     callbacks: extra Keras callbacks.
+    pair_augment: optional (images, targets) -> (images, targets) batch
+      augmentation (mixup, cutmix) applied after `config.augment`.
+    wrap: optional function model -> training model (e.g. adversarial
+      training); the unwrapped model is returned.
 
   Returns:
     The trained `keras.Model` (logits).
@@ -77,6 +82,7 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   with strategy.scope():
     if model is None:
       model = models.build(arch, x.shape[1:], num_classes)
+    trainer = wrap(model) if wrap else model
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps * config.epochs)
     if config.weight_decay:
@@ -88,15 +94,17 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
           from_logits=True, label_smoothing=config.label_smoothing)
     else:
       loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=opt, loss=loss)
+    trainer.compile(optimizer=opt, loss=loss)
   augment = translation_augmenter(seed) if config.augment else None
   ds = make_tf_dataset(x, targets, config.batch_size, shuffle=True, seed=seed,
                        augment=augment)
+  if pair_augment is not None:
+    ds = ds.map(pair_augment, num_parallel_calls=tf.data.AUTOTUNE)
   callbacks = list(callbacks)
   if backup_dir:
     callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
-  model.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks,
-            shuffle=False)  # tf.data shuffles
+  trainer.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks,
+              shuffle=False)  # tf.data shuffles
   return model
 
 
@@ -105,3 +113,37 @@ def predict_probs(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   logits = model.predict(x, batch_size=batch_size, verbose=0)
   return tf.nn.softmax(logits).numpy().astype(np.float32)
+
+
+def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
+                            preprocess=None, batch_size: int = 1024):
+  """A callback recording clean accuracy after every epoch in `.history`.
+
+  Args:
+    x, y: evaluation images float32 (N, H, W, C) and int labels.
+    model_fn: () -> the model to evaluate (default: the trained model; pass
+      it when training a wrapper).
+    preprocess: test-time transform applied to `x` once, up front.
+    batch_size: evaluation batch size.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if preprocess is not None:
+    x = np.concatenate([np.asarray(preprocess(tf.constant(x[i:i + batch_size])))
+                        for i in range(0, len(x), batch_size)])
+
+  class EpochAccuracy(keras.callbacks.Callback):
+
+    def __init__(self):
+      super().__init__()
+      self.history = []
+
+    def on_epoch_end(self, epoch, logs=None):
+      m = model_fn() if model_fn else self.model
+      pred = m.predict(x, batch_size=batch_size, verbose=0).argmax(1)
+      acc = float((pred == y).mean())
+      self.history.append(acc)
+      print(f'  epoch {epoch + 1}: clean test accuracy {100 * acc:.2f}%',
+            flush=True)
+
+  return EpochAccuracy()

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 
-from modelsteal import component as component_lib
 from modelsteal.artifacts import Evaluation
 from modelsteal.artifacts import Examples
 from modelsteal.artifacts import Model
@@ -16,10 +15,12 @@ from modelsteal.component import InputArtifact
 from modelsteal.component import OutputArtifact
 from modelsteal.component import Parameter
 from modelsteal.component import component
+from modelsteal.component import scratch_dir
+from modelsteal.component import workdir as component_workdir
 
 
 def _answer_cache_dir() -> str | None:
-  wd = component_lib.workdir()
+  wd = component_workdir()
   return os.path.join(wd, 'answer_cache') if wd else None
 
 
@@ -110,7 +111,7 @@ def train_model(*, examples: InputArtifact[Examples],
   keras_model = train_classifier(
       arch, data['x'], t, k, TrainConfig(**recipe), seed=seed,
       strategy=distribute.current(),
-      backup_dir=os.path.join(component_lib.scratch_dir(), 'backup'))
+      backup_dir=os.path.join(scratch_dir(), 'backup'))
   keras_model.save(model.keras_path)
   export_saved_model(keras_model, model.serving_dir, version=1)
   props = {'arch': arch, 'num_classes': k, 'input_shape': list(data['x'].shape[1:]),

@@ -16,13 +16,21 @@ from modelsteal.data.sources import DataError
 from modelsteal.data.sources import Dataset
 
 
-def import_dataset(dataset: Dataset, workdir: str) -> Examples:
+def import_dataset(dataset: Dataset, workdir: str,
+                   train_idx: np.ndarray | None = None) -> Examples:
   """Writes `dataset` as an Examples artifact keyed by its content (TFX Importer).
+
+  `train_idx`, if given, is stored with the train split as `idx` (each row's
+  index in the source training split, as NTGA exports carry it).
 
   Reused when the same content was imported before; written to a temporary
   directory and renamed, so an interrupted import is never taken for finished.
   """
   fp = dataset.fingerprint
+  if train_idx is not None:
+    import hashlib  # pylint: disable=g-import-not-at-top
+    fp = hashlib.sha256((fp + hashlib.sha256(np.asarray(
+        train_idx, np.int64).tobytes()).hexdigest()).encode()).hexdigest()
   uri = os.path.join(workdir, 'import_dataset', fp[:16])
   if os.path.exists(os.path.join(uri, 'artifact.json')):
     return Examples.load(uri)
@@ -31,7 +39,8 @@ def import_dataset(dataset: Dataset, workdir: str) -> Examples:
   art = Examples(uri=tmp, fingerprint=fp, properties={
       'name': dataset.name, 'source': dataset.source,
       'num_classes': dataset.num_classes, 'shape': list(dataset.shape)})
-  art.save_split('train', dataset.x_train, dataset.y_train)
+  extra = {} if train_idx is None else {'idx': np.asarray(train_idx, np.int64)}
+  art.save_split('train', dataset.x_train, dataset.y_train, **extra)
   art.save_split('test', dataset.x_test, dataset.y_test)
   art.save_properties()
   if os.path.exists(uri):
