@@ -15,6 +15,7 @@ from absl.testing import flagsaver
 from modelsteal import attacks, data, victims
 from modelsteal.oracle import LocalOracle
 from pipelines import steal
+from tests.conftest import synthetic_images
 
 
 def _main(**flags):
@@ -170,6 +171,7 @@ from absl import flags
 from absl.testing import flagsaver
 flags.FLAGS.mark_as_parsed()
 from pipelines import steal
+from tests.conftest import synthetic_images
 from modelsteal import distribute
 with flagsaver.flagsaver(victim='mnist_mlp', dataset={tiny_npz!r},
                          workdir={str(tmp_path)!r}, smoke=True, budget=60,
@@ -185,3 +187,27 @@ print('REPLICAS', s.num_replicas_in_sync, type(s).__name__)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'REPLICAS 2 MirroredStrategy' in proc.stdout
   assert glob.glob(os.path.join(str(tmp_path), 'steal', '*', 'results.csv'))
+
+
+def test_knockoff_queries_from_another_dataset(tiny_npz, tmp_path):
+  """--query_data: the pool and held-out data come from the other dataset."""
+  other = tmp_path / 'other.npz'
+  x, y = synthetic_images(300, seed=40)
+  x = 1.0 - x  # a different distribution of the same shape
+  np.savez(other, x_train=x, y_train=y, x_test=x[:50], y_test=y[:50])
+  wd = str(tmp_path / 'w')
+  _main(victim='mnist_mlp', dataset=tiny_npz, query_data=str(other),
+        workdir=wd, smoke=True, budget=100, students=['mnist_mlp'])
+  labeled, = glob.glob(os.path.join(wd, 'label_queries', '*', 'labeled'))
+  from modelsteal.artifacts import Examples
+  xs = Examples.load(labeled).load_split('train')['x']
+  # every query is an image of the other dataset, none of the victim's
+  theirs = {r.tobytes() for r in x.astype(np.float32)}
+  assert len(xs) == 100 and all(r.tobytes() in theirs for r in xs)
+  _expect_error_shape = tmp_path / 'rgb.npz'
+  xr = np.zeros((40, 12, 12, 3), np.uint8)
+  np.savez(_expect_error_shape, x_train=xr, y_train=np.arange(40) % 4,
+           x_test=xr[:8], y_test=np.arange(8) % 4)
+  with pytest.raises(SystemExit):
+    _main(victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,
+          query_data=str(_expect_error_shape), students=['mnist_mlp'])
