@@ -90,3 +90,14 @@ def test_import_and_split_components(tiny_npz, tmp_path):
   v = sp.load_split('victim')
   np.testing.assert_allclose(v['x'], ds.x_train[v['idx']], atol=1e-6)
   assert os.path.exists(os.path.join(res.execution_dir, 'execution.json'))
+
+
+def test_corrupt_split_file_gives_clear_error(tiny_npz, tmp_path):
+  from modelsteal.artifacts import ArtifactError
+  ds = data.load_dataset(tiny_npz)
+  ex = data.import_dataset(ds, str(tmp_path))
+  path = ex.path('train.npz')
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 3)
+  with pytest.raises(ArtifactError, match='corrupt or truncated.*delete'):
+    ex.load_split('train')
