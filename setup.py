@@ -22,7 +22,8 @@ NTGA = [
     'neural-tangents==0.6.5',
     'tf2jax==0.3.7',
 ]
-SERVE = ['aiohttp>=3.9', 'requests>=2.31']
+SERVE = ['aiohttp>=3.9', 'requests>=2.31',
+         'orjson>=3.9']  # optional speed-up of JSON; json is the fallback
 TEST = ['pytest>=8']
 
 setuptools.setup(

@@ -18,6 +18,9 @@ Variants:
     --budgets=100,1000,10000                           sweep, with a PNG plot
     --query_data=fashion_mnist                         knockoff-style queries
     --victim_path=PATH --dataset=mnist                 your own victim
+    --victim_url=http://127.0.0.1:8501/v1/models/NAME --dataset=mnist
+                                 a victim behind a TF-Serving REST endpoint
+                                 (python -m pipelines.serve), over HTTP
     --students=mnist_cnn,lenet5,mnist_mlp              student architectures
     --distribute=mirrored|tpu                          tf.distribute strategy
     --smoke                                            a tiny run, seconds
@@ -42,6 +45,9 @@ _VICTIM = flags.DEFINE_string('victim', 'mnist_cnn', 'Victim zoo name.')
 _VICTIM_PATH = flags.DEFINE_string(
     'victim_path', None, 'A .keras file or SavedModel to steal instead of a '
     'zoo victim (needs --dataset).')
+_VICTIM_URL = flags.DEFINE_string(
+    'victim_url', None, 'A TF-Serving-style REST endpoint to steal, '
+    'http://HOST:PORT/v1/models/NAME[/versions/N] (needs --dataset).')
 _QUERY_DATA = flags.DEFINE_string(
     'query_data', None, "Attacker's query dataset; default: the attacker's "
     'half of --dataset.')
@@ -61,6 +67,7 @@ _STUDENTS = flags.DEFINE_list(
 class StealConfig:
   victim: str = 'mnist_cnn'
   victim_path: str | None = None
+  victim_url: str | None = None
   dataset: str | None = None
   data_dir: str | None = None
   query_data: str | None = None
@@ -122,9 +129,12 @@ def run(cfg: StealConfig):
     if b < 1:
       raise ValueError(f'the query budget must be at least 1, got {b}.')
   spec = None
-  if cfg.victim_path:
+  if cfg.victim_path and cfg.victim_url:
+    raise ValueError('pass either --victim_path or --victim_url, not both.')
+  if cfg.victim_path or cfg.victim_url:
+    flag = '--victim_path' if cfg.victim_path else '--victim_url'
     if not cfg.dataset:
-      raise ValueError('--victim_path needs --dataset: the data the victim '
+      raise ValueError(f'{flag} needs --dataset: the data the victim '
                        'classifies.')
   else:
     spec = victims.get_victim(cfg.victim)
@@ -180,6 +190,8 @@ def run(cfg: StealConfig):
     acc = vres['model'].properties.get('test_accuracy')
     print(f'[steal] victim {cfg.victim}: test accuracy {100 * acc:.2f}% '
           f'(SavedModel {victim_ref["path"]})', flush=True)
+  elif cfg.victim_url:
+    victim_ref, victim_name = _rest_victim(cfg.victim_url, dataset)
   else:
     victim_ref = victims.victim_ref_from_path(cfg.victim_path)
     victim_name = os.path.basename(os.path.normpath(cfg.victim_path))
@@ -207,12 +219,13 @@ def run(cfg: StealConfig):
   vev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
                            model=victim_ref, victim=victim_ref)
   steps.record('evaluate victim', vev)
-  victim_acc = vev['evaluation'].properties['accuracy']
+  victim_metrics = vev['evaluation'].properties
+  victim_acc = victim_metrics['accuracy']
   rows.append({'model': victim_name, 'role': 'victim', 'arch': spec.arch if spec
                else 'unknown', 'budget': 0, 'output': 'probs',
-               'queries_paid': 0, **vev['evaluation'].properties,
+               'queries_paid': 0, **victim_metrics,
                'normalized_accuracy': 1.0, 'train_s': None, 'saved_model':
-               victim_ref['path']})
+               victim_ref.get('path') or victim_ref.get('url')})
   for b in budgets:
     lab = label_queries.run(wd, splits=query_splits, victim=victim_ref,
                             output=cfg.output, budget=b,
@@ -258,11 +271,29 @@ def run(cfg: StealConfig):
   return df, out_dir
 
 
+def _rest_victim(url: str, dataset) -> tuple[dict, str]:
+  """The victim reference of a REST endpoint, checked against the data."""
+  from modelsteal.oracle.rest import victim_ref_from_url  # pylint: disable=g-import-not-at-top
+  ref = victim_ref_from_url(url, num_classes=dataset.num_classes)
+  shape = ref.get('input_shape')
+  if shape is not None and (len(shape) != len(dataset.shape) or any(
+      d not in (-1, g) for d, g in zip(shape, dataset.shape))):
+    raise ValueError(f'{ref["url"]} takes images of shape {tuple(shape)}, but '
+                     f'the data has shape {tuple(dataset.shape)}; pick the '
+                     'dataset the model was trained for.')
+  name = ref['url'].split('/v1/models/', 1)[1].replace('/versions/', '@v')
+  print(f'[steal] victim {ref["url"]}: version {ref["version"]}, '
+        f'{ref["num_classes"]} classes (fingerprint {ref["fingerprint"][:12]})',
+        flush=True)
+  return ref, name
+
+
 def config_from_flags() -> StealConfig:
   budgets = tuple(int(b) for b in _BUDGETS.value) if _BUDGETS.value else (
       _BUDGET.value,)
   return StealConfig(
       victim=_VICTIM.value, victim_path=_VICTIM_PATH.value,
+      victim_url=_VICTIM_URL.value,
       dataset=common.DATASET.value, data_dir=common.DATA_DIR.value,
       query_data=_QUERY_DATA.value, output=_OUTPUT.value, budgets=budgets,
       budget_explicit=(not flags.FLAGS['budget'].using_default_value

@@ -140,7 +140,9 @@ def evaluate_model(*, splits: InputArtifact[Examples],
       (`query_splits`' `heldout`), never queried for training.
     victim_accuracy: the victim's accuracy on the test split.
 
-  The victim is asked through an oracle in `probs` mode without a budget:
+  `model` and `victim` are references (`modelsteal.oracle`): local files
+  or REST endpoints. The victim (and a remote model) is asked through an
+  oracle in `probs` mode without a budget:
   evaluation queries are the experimenter's, not the attacker's. They are
   cached like every answer.
   """
@@ -148,7 +150,13 @@ def evaluate_model(*, splits: InputArtifact[Examples],
   from modelsteal.oracle import make_oracle  # pylint: disable=g-import-not-at-top
   victim_oracle = make_oracle(victim, output='probs',
                               cache_dir=_answer_cache_dir())
-  predictor = load_predictor(model['path'])
+  if model.get('kind') == 'local':
+    predictor = load_predictor(model['path'])
+  else:  # a remote model is scored through its own (cached) oracle
+    model_oracle = make_oracle(model, output='probs',
+                               cache_dir=_answer_cache_dir())
+    predictor = lambda x: np.concatenate(  # pylint: disable=g-long-lambda
+        [model_oracle.query(x[i:i + 1024]) for i in range(0, len(x), 1024)])
   metrics = {}
   for source, split, suffix in ((splits, 'test', ''),
                                 (query_splits, 'heldout', '_heldout')):

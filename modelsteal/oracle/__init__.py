@@ -5,6 +5,8 @@ reference, a small JSON-able dict that is also part of component
 fingerprints:
 
     {'kind': 'local', 'path': SAVEDMODEL_OR_KERAS_PATH, 'fingerprint': ...}
+    {'kind': 'rest', 'url': 'http://HOST:PORT/v1/models/NAME',
+     'fingerprint': ..., 'num_classes': K}   (`rest.victim_ref_from_url`)
 """
 
 from modelsteal.oracle.base import BudgetExceededError
@@ -13,7 +15,7 @@ from modelsteal.oracle.base import Oracle
 from modelsteal.oracle.base import OracleError
 from modelsteal.oracle.cache import AnswerCache
 
-ORACLE_KINDS = ('local',)
+ORACLE_KINDS = ('local', 'rest')
 
 
 def make_oracle(victim_ref: dict, **kwargs) -> Oracle:
@@ -23,6 +25,12 @@ def make_oracle(victim_ref: dict, **kwargs) -> Oracle:
     from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
     return LocalOracle(load_predictor(victim_ref['path']),
                        identity=victim_ref['fingerprint'], **kwargs)
+  if kind == 'rest':
+    from modelsteal.oracle.rest import RestOracle  # pylint: disable=g-import-not-at-top
+    return RestOracle(victim_ref['url'], identity=victim_ref['fingerprint'],
+                      num_classes=victim_ref.get('num_classes'),
+                      signature_name=victim_ref.get('signature_name'),
+                      **kwargs)
   raise ValueError(f'unknown victim kind {kind!r}; valid: {ORACLE_KINDS}.')
 
 

@@ -1,0 +1,369 @@
+"""A victim behind a TF-Serving-style REST endpoint.
+
+    ref = victim_ref_from_url('http://127.0.0.1:8501/v1/models/mnist',
+                              num_classes=10)
+    oracle = make_oracle(ref, output='label', budget=10000, cache_dir=...)
+
+`RestOracle` sends queries as `POST URL:predict` with `{"signature_name",
+"instances"}` in batches of `batch_size`, and reads the answers whatever the
+server reveals: probabilities (`predictions` as (N, K) lists, or objects with
+a `probabilities` key), or only labels (ints, or objects with `label`/
+`classes`), which become one-hot rows over `num_classes`. Budget accounting
+and the answer cache are the base `Oracle`'s: an interrupted run resumes
+without asking an answered query again.
+
+Transient failures (connection refused or reset, timeouts, 5xx, 429) are
+retried with exponential backoff (honouring `Retry-After`); other 4xx
+answers and anything that is not a prediction raise `OracleError` at once,
+quoting the server's message; a 413 (body too large) halves the batch size
+and tries again.
+
+The victim reference's fingerprint hashes the URL and the endpoint's
+metadata (model version, signatures, declared defence), so answers are
+cached per model version: a new version served at the same URL is a new
+victim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+
+import numpy as np
+
+from modelsteal.oracle.base import Oracle
+from modelsteal.oracle.base import OracleError
+
+_URL = re.compile(r'^https?://[^/\s]+/v1/models/[^/:\s]+(/versions/\d+)?/?$')
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class BodyTooLargeError(OracleError):
+  """The endpoint refused a request as too large (HTTP 413)."""
+
+
+def check_url(url: str) -> str:
+  """The endpoint URL, without a trailing slash; ValueError if malformed."""
+  if not isinstance(url, str) or not _URL.match(url.strip()):
+    raise ValueError(
+        f'--victim_url {url!r} is not a TF Serving model URL; expected '
+        'http://HOST:PORT/v1/models/NAME (optionally /versions/N), e.g. '
+        'http://127.0.0.1:8501/v1/models/mnist.')
+  return url.strip().rstrip('/')
+
+
+class _Http:
+  """requests with timeouts, retries and backoff; errors as OracleError."""
+
+  def __init__(self, timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
+               retries: int = 4, backoff_s: float = 0.5,
+               max_backoff_s: float = 20.0, session=None):
+    import requests  # pylint: disable=g-import-not-at-top
+    self._requests = requests
+    self.session = session or requests.Session()
+    self.timeout = (connect_timeout_s, timeout_s)
+    self.retries = retries
+    self.backoff_s = backoff_s
+    self.max_backoff_s = max_backoff_s
+    self.attempts = 0  # HTTP attempts made, retries included
+
+  def _sleep(self, attempt: int, retry_after: str | None) -> None:
+    delay = self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2)
+    if retry_after:
+      try:
+        delay = max(delay, float(retry_after))
+      except ValueError:
+        pass
+    time.sleep(min(delay, self.max_backoff_s))
+
+  def call(self, method: str, url: str, body: bytes | None = None) -> dict:
+    requests = self._requests
+    last = ''
+    for attempt in range(self.retries + 1):
+      self.attempts += 1
+      retry_after = None
+      try:
+        resp = self.session.request(
+            method, url, data=body, timeout=self.timeout,
+            headers={'Content-Type': 'application/json'} if body else None)
+      except (requests.ConnectionError, requests.Timeout) as e:
+        last = f'{type(e).__name__}: {str(e)[:200]}'
+      else:
+        if resp.status_code == 200:
+          try:
+            return resp.json()
+          except ValueError:
+            raise OracleError(
+                f'{url} answered something that is not JSON (content type '
+                f'{resp.headers.get("Content-Type")!r}: '
+                f'{resp.text[:120]!r}); is this a TF Serving endpoint?'
+            ) from None
+        message = _server_message(resp)
+        if resp.status_code == 413:
+          raise BodyTooLargeError(f'{url} refused the request as too large '
+                                  f'(HTTP 413: {message})')
+        if resp.status_code not in _RETRY_STATUS:
+          raise OracleError(f'{url} refused the request: HTTP '
+                            f'{resp.status_code}: {message}')
+        last = f'HTTP {resp.status_code}: {message}'
+        retry_after = resp.headers.get('Retry-After')
+      if attempt < self.retries:
+        self._sleep(attempt, retry_after)
+    raise OracleError(
+        f'the victim endpoint {url} is unreachable or failing after '
+        f'{self.retries + 1} attempts ({last}). Is the server running (python '
+        '-m pipelines.serve --model_dir=...) and the URL right? Rerun to '
+        'resume: answers received so far are cached.')
+
+
+def _encode(request: dict) -> bytes:
+  """JSON of a request holding numpy arrays. orjson writes float32 arrays
+  directly (6x faster than `tolist` + json, no Python objects for the
+  garbage collector to walk) with the shortest repr that reads back to the
+  same float32; json is the fallback."""
+  try:
+    import orjson  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    orjson = None
+  if orjson is not None:
+    try:
+      return orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+      pass  # dtypes orjson does not write (float16, ...)
+  return json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
+                     for k, v in request.items()},
+                    separators=(',', ':')).encode()
+
+
+def _server_message(resp) -> str:
+  try:
+    obj = resp.json()
+    if isinstance(obj, dict) and 'error' in obj:
+      return str(obj['error'])[:300]
+  except ValueError:
+    pass
+  return resp.text[:200] or resp.reason or ''
+
+
+def fetch_metadata(url: str, http: _Http | None = None) -> dict:
+  """`GET URL/metadata`, checked to be TF Serving model metadata."""
+  http = http or _Http()
+  md = http.call('GET', url + '/metadata')
+  try:
+    sigs = md['metadata']['signature_def']['signature_def']
+    version = md['model_spec']['version']
+    assert isinstance(sigs, dict) and sigs
+  except (KeyError, TypeError, AssertionError):
+    raise OracleError(f'{url}/metadata is not TF Serving model metadata '
+                      f'(got {json.dumps(md)[:200]}); is the URL right?'
+                      ) from None
+  del version
+  return md
+
+
+def _pick_signature(md: dict, name: str | None) -> tuple[str, dict]:
+  sigs = {k: v for k, v in md['metadata']['signature_def'][
+      'signature_def'].items() if not k.startswith('__')}
+  name = name or ('serving_default' if 'serving_default' in sigs else
+                  next(iter(sigs), None))
+  if name not in sigs:
+    raise OracleError(f'the endpoint has no signature {name!r}; it has '
+                      f'{sorted(sigs)}.')
+  return name, sigs[name]
+
+
+def _dims(info: dict) -> list[int] | None:
+  ts = info.get('tensor_shape') or {}
+  if ts.get('unknown_rank'):
+    return None
+  return [int(d.get('size', -1)) for d in ts.get('dim', [])]
+
+
+def describe_endpoint(md: dict, signature_name: str | None = None) -> dict:
+  """What the oracle needs from metadata: input name and shape, classes."""
+  name, sig = _pick_signature(md, signature_name)
+  inputs = sig.get('inputs') or {}
+  if len(inputs) != 1:
+    raise OracleError(f'signature {name!r} takes inputs {sorted(inputs)}; a '
+                      'victim must take one image tensor.')
+  (input_name, info), = inputs.items()
+  dims = _dims(info)
+  outputs = sig.get('outputs') or {}
+  num_classes = None
+  if 'probabilities' in outputs:
+    d = _dims(outputs['probabilities'])
+    if d and d[-1] > 0:
+      num_classes = d[-1]
+  extra = md.get('modelsteal') or {}
+  if num_classes is None and isinstance(extra.get('num_classes'), int):
+    num_classes = extra['num_classes']
+  return {'signature_name': name, 'input_name': input_name,
+          'input_shape': None if dims is None else dims[1:],
+          'num_classes': num_classes, 'outputs': sorted(outputs),
+          'version': str(md['model_spec'].get('version', ''))}
+
+
+def victim_ref_from_url(url: str, num_classes: int | None = None,
+                        signature_name: str | None = None,
+                        timeout_s: float = 30.0) -> dict:
+  """A victim reference for a REST endpoint (asks it for its metadata).
+
+  Args:
+    url: `http://HOST:PORT/v1/models/NAME[/versions/N]`.
+    num_classes: the number of classes, needed when the endpoint answers
+      labels only and its metadata does not say; checked against the
+      metadata otherwise.
+    signature_name: the signature to call (default `serving_default`).
+
+  Raises:
+    ValueError: a malformed URL or a class count the endpoint contradicts.
+    OracleError: the endpoint is unreachable or not a TF Serving model.
+  """
+  url = check_url(url)
+  http = _Http(timeout_s=timeout_s, retries=2)
+  md = fetch_metadata(url, http)
+  desc = describe_endpoint(md, signature_name)
+  k = desc['num_classes']
+  if num_classes is not None and k is not None and k != num_classes:
+    raise ValueError(f'{url} answers {k} classes, the dataset has '
+                     f'{num_classes}; pick the dataset the victim classifies.')
+  k = k or num_classes
+  canon = json.dumps(md, sort_keys=True, separators=(',', ':'))
+  fp = hashlib.sha256(f'{url}|{canon}'.encode()).hexdigest()
+  return {'kind': 'rest', 'url': url, 'fingerprint': fp,
+          'version': desc['version'], 'num_classes': k,
+          'signature_name': desc['signature_name'],
+          'input_shape': desc['input_shape']}
+
+
+class RestOracle(Oracle):
+  """An oracle over HTTP; see the module docstring.
+
+  Args:
+    url: the model URL (`http://HOST:PORT/v1/models/NAME[/versions/N]`).
+    identity: the victim fingerprint (names the answer cache).
+    num_classes: classes, for label-only answers (else from metadata).
+    signature_name: signature to call (default: serving_default).
+    batch_size: instances per request.
+    timeout_s: read timeout per request; connect_timeout_s for connecting.
+    retries: retries of a failed request (5xx, 429, connection errors).
+    backoff_s: first backoff delay; doubles per retry (with jitter).
+    **kwargs: `Oracle`'s (output, budget, cache_dir, seed).
+  """
+
+  def __init__(self, url: str, identity: str | None = None,
+               num_classes: int | None = None,
+               signature_name: str | None = None, batch_size: int = 128,
+               timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
+               retries: int = 4, backoff_s: float = 0.5, **kwargs):
+    self.url = check_url(url)
+    self._identity = identity or self.url
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+    self.batch_size = batch_size
+    self.num_classes = num_classes
+    self.signature_name = signature_name
+    self.http = _Http(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
+                      retries=retries, backoff_s=backoff_s)
+    self.requests_sent = 0
+    self._described = False
+    super().__init__(**kwargs)
+
+  @property
+  def identity(self) -> str:
+    return self._identity
+
+  def _describe(self) -> None:
+    """Fetches metadata once, lazily: a fully cached run needs no server."""
+    if self._described:
+      return
+    desc = describe_endpoint(fetch_metadata(self.url, self.http),
+                             self.signature_name)
+    self.signature_name = desc['signature_name']
+    if self.num_classes is None:
+      self.num_classes = desc['num_classes']
+    self.input_shape = desc['input_shape']
+    self._described = True
+
+  def _ask(self, x: np.ndarray) -> np.ndarray:
+    self._describe()
+    shape = getattr(self, 'input_shape', None)
+    if shape is not None and (len(shape) != x.ndim - 1 or any(
+        d not in (-1, g) for d, g in zip(shape, x.shape[1:]))):
+      raise OracleError(f'{self.url} takes images of shape {tuple(shape)}, '
+                        f'the queries have shape {x.shape[1:]}; pick the '
+                        'dataset the victim classifies.')
+    out, i = [], 0
+    while i < len(x):
+      chunk = x[i:i + self.batch_size]
+      out.append(self._post(chunk))
+      i += len(chunk)
+    return np.concatenate(out)
+
+  def _post(self, chunk: np.ndarray) -> np.ndarray:
+    body = _encode({'signature_name': self.signature_name,
+                    'instances': np.ascontiguousarray(chunk)})
+    try:
+      answer = self.http.call('POST', self.url + ':predict', body)
+    except BodyTooLargeError as e:
+      if len(chunk) == 1:
+        raise OracleError(f'{e}; even a single query is too large for this '
+                          'endpoint.') from None
+      # The server's body limit is below our batch: halve it, for good.
+      half = len(chunk) // 2
+      self.batch_size = min(self.batch_size, half)
+      return np.concatenate([self._post(chunk[:half]),
+                             self._post(chunk[half:])])
+    self.requests_sent += 1
+    return self._parse(answer, len(chunk))
+
+  def _parse(self, answer, n: int) -> np.ndarray:
+    """A predict response -> (n, K) float32 scores (one-hot for labels)."""
+    def bad(why):
+      return OracleError(f'{self.url} answered something that is not a '
+                         f'prediction ({why}): {json.dumps(answer)[:200]}')
+
+    if not isinstance(answer, dict) or 'predictions' not in answer:
+      raise bad('no "predictions" key')
+    preds = answer['predictions']
+    if not isinstance(preds, list) or len(preds) != n:
+      raise bad(f'expected a list of {n} predictions')
+    if preds and isinstance(preds[0], dict):
+      key = next((k for k in ('probabilities', 'probs', 'scores', 'label',
+                              'labels', 'classes') if k in preds[0]), None)
+      if key is None:
+        raise bad(f'no probabilities or label among {sorted(preds[0])}')
+      try:
+        preds = [p[key] for p in preds]
+      except (KeyError, TypeError):
+        raise bad(f'not every prediction has "{key}"') from None
+    try:
+      arr = np.asarray(preds, np.float64)
+    except (ValueError, TypeError):
+      raise bad('ragged or non-numeric values') from None
+    if not np.isfinite(arr).all():
+      raise bad('NaN or Infinity')
+    if arr.ndim == 2 and arr.shape[1] == 1:
+      arr = arr[:, 0]
+    if arr.ndim == 1:  # labels only
+      if not np.all(arr == np.round(arr)) or arr.min() < 0:
+        raise bad('1-D answers that are not class indices')
+      k = self.num_classes
+      if k is None:
+        raise OracleError(f'{self.url} answers labels only and its metadata '
+                          'does not say how many classes there are; pass '
+                          'num_classes (the pipeline passes the dataset\'s).')
+      if arr.max() >= k:
+        raise bad(f'label {int(arr.max())} out of range for {k} classes')
+      one_hot = np.zeros((n, k), np.float32)
+      one_hot[np.arange(n), arr.astype(np.int64)] = 1.0
+      return one_hot
+    if arr.ndim != 2:
+      raise bad(f'answers of shape {arr.shape}')
+    if self.num_classes is not None and arr.shape[1] != self.num_classes:
+      raise bad(f'{arr.shape[1]} scores per instance, expected '
+                f'{self.num_classes}')
+    return arr.astype(np.float32)

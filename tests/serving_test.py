@@ -1,0 +1,521 @@
+"""modelsteal.serving and `python -m pipelines.serve`: TF Serving's REST API
+(status, metadata, row and columnar predict, versions), batching, every bad
+request, output defences, and the loopback acceptance test: steal a served
+victim over HTTP, serve the student, query it as a TF Serving client would.
+
+Servers bind 127.0.0.1 on free ports; every wait is bounded.
+"""
+
+import asyncio
+import concurrent.futures
+import glob
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from absl.testing import flagsaver
+
+from modelsteal import serving
+from modelsteal.export import export_saved_model
+from modelsteal.export import load_predictor
+from tests.conftest import synthetic_images
+
+TIMEOUT = 30  # seconds, per HTTP call
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _softmax(z):
+  z = np.asarray(z, np.float64)
+  e = np.exp(z - z.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope='module')
+def model_dir(tiny_model, tmp_path_factory):
+  """Two versions of the tiny model: 1 sees inverted images, 2 plain ones."""
+  base = str(tmp_path_factory.mktemp('served') / 'tiny')
+  export_saved_model(tiny_model, base, version=1,
+                     preprocess=lambda x: 1.0 - x)
+  export_saved_model(tiny_model, base, version=2)
+  return base
+
+
+@pytest.fixture(scope='module')
+def server(model_dir):
+  servables = [
+      serving.load_servable(model_dir, 'tiny'),
+      serving.load_servable(model_dir, 'tiny_label', defense='label',
+                            versions='latest'),
+      serving.load_servable(model_dir, 'tiny_rounded', defense='rounded:1',
+                            versions='latest'),
+  ]
+  ms = serving.ModelServer(servables, max_body_bytes=64 * 1024,
+                           batch_timeout_s=0.002)
+  with serving.BackgroundServer(ms.make_app()) as bg:
+    bg.model_server = ms
+    yield bg
+
+
+def _x(n=5, seed=7):
+  return synthetic_images(n, seed=seed)[0]
+
+
+def _local(tiny_model, x):
+  return _softmax(tiny_model(x, training=False).numpy())
+
+
+def _post(server, path, **kwargs):
+  return requests.post(server.url + path, timeout=TIMEOUT, **kwargs)
+
+
+def _get(server, path):
+  return requests.get(server.url + path, timeout=TIMEOUT)
+
+
+# -- the API ------------------------------------------------------------------
+
+
+def test_status_lists_versions_as_tf_serving(server):
+  r = _get(server, '/v1/models/tiny')
+  assert r.status_code == 200
+  status = r.json()['model_version_status']
+  assert [s['version'] for s in status] == ['2', '1']
+  assert all(s['state'] == 'AVAILABLE' and s['status']['error_code'] == 'OK'
+             for s in status)
+  one = _get(server, '/v1/models/tiny/versions/1').json()
+  assert [s['version'] for s in one['model_version_status']] == ['1']
+
+
+def test_metadata_is_a_signature_def(server):
+  md = _get(server, '/v1/models/tiny/metadata').json()
+  assert md['model_spec'] == {'name': 'tiny', 'signature_name': '',
+                              'version': '2'}
+  sig = md['metadata']['signature_def']['signature_def']['serving_default']
+  assert sig['method_name'] == 'tensorflow/serving/predict'
+  images = sig['inputs']['images']
+  assert images['dtype'] == 'DT_FLOAT'
+  assert [d['size'] for d in images['tensor_shape']['dim']] == [
+      '-1', '12', '12', '1']
+  assert sig['outputs']['probabilities']['dtype'] == 'DT_FLOAT'
+  assert [d['size'] for d in sig['outputs']['probabilities']['tensor_shape'][
+      'dim']] == ['-1', '4']
+  assert sig['outputs']['label']['dtype'] == 'DT_INT64'
+  v1 = _get(server, '/v1/models/tiny/versions/1/metadata').json()
+  assert v1['model_spec']['version'] == '1'
+
+
+def test_row_format_predict_matches_the_local_model(server, tiny_model):
+  x = _x()
+  r = _post(server, '/v1/models/tiny:predict', json={'instances': x.tolist()})
+  assert r.status_code == 200, r.text
+  preds = r.json()['predictions']
+  assert len(preds) == 5 and set(preds[0]) == {'probabilities', 'label'}
+  probs = np.array([p['probabilities'] for p in preds])
+  np.testing.assert_allclose(probs, _local(tiny_model, x), atol=1e-5)
+  assert [p['label'] for p in preds] == list(probs.argmax(1))
+
+
+def test_columnar_predict_and_explicit_signature(server, tiny_model):
+  x = _x(3)
+  for body in ({'inputs': x.tolist()},
+               {'inputs': {'images': x.tolist()}},
+               {'signature_name': 'serving_default', 'inputs': x.tolist()}):
+    r = _post(server, '/v1/models/tiny:predict', json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()['outputs']
+    np.testing.assert_allclose(out['probabilities'], _local(tiny_model, x),
+                               atol=1e-5)
+    assert out['label'] == list(np.argmax(out['probabilities'], 1))
+  # row format with a named input, as for multi-input signatures
+  r = _post(server, '/v1/models/tiny:predict',
+            json={'instances': [{'images': row} for row in x.tolist()]})
+  assert r.status_code == 200, r.text
+  assert len(r.json()['predictions']) == 3
+
+
+def test_specific_versions_are_served(server, tiny_model):
+  x = _x(4)
+  v1 = _post(server, '/v1/models/tiny/versions/1:predict',
+             json={'inputs': x.tolist()}).json()['outputs']['probabilities']
+  v2 = _post(server, '/v1/models/tiny/versions/2:predict',
+             json={'inputs': x.tolist()}).json()['outputs']['probabilities']
+  np.testing.assert_allclose(v1, _local(tiny_model, 1.0 - x), atol=1e-5)
+  np.testing.assert_allclose(v2, _local(tiny_model, x), atol=1e-5)
+  assert not np.allclose(v1, v2, atol=1e-3)
+
+
+# -- bad requests ---------------------------------------------------------------
+
+_GOOD = {'instances': np.zeros((1, 12, 12, 1)).tolist()}
+_BAD = [
+    # (case, method, path, request kwargs, status, words in the error)
+    ('malformed JSON', 'POST', '/v1/models/tiny:predict',
+     {'data': b'{"instances": [[1, 2]'}, 400, 'JSON Parse error'),
+    ('not an object', 'POST', '/v1/models/tiny:predict',
+     {'json': [[1, 2]]}, 400, 'JSON object'),
+    ('empty body', 'POST', '/v1/models/tiny:predict', {'data': b''}, 400,
+     'empty'),
+    ('no instances or inputs', 'POST', '/v1/models/tiny:predict',
+     {'json': {'images': []}}, 400, 'Missing "inputs" or "instances"'),
+    ('both formats', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [], 'inputs': []}}, 400, 'Not both'),
+    ('empty instances', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': []}}, 400, 'empty'),
+    ('empty inputs', 'POST', '/v1/models/tiny:predict',
+     {'json': {'inputs': []}}, 400, 'empty'),
+    ('wrong shape', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': np.zeros((2, 12, 11, 1)).tolist()}}, 400,
+     'must have shape (N, 12, 12, 1)'),
+    ('wrong rank', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [0.5, 0.5]}}, 400, 'must have shape'),
+    ('ragged rows', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [[[[0.1]] * 12] * 12, [[[0.1]] * 11] * 12]}}, 400,
+     'ragged'),
+    ('strings', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [[[['a']] * 12] * 12]}}, 400, 'DT_FLOAT'),
+    ('booleans', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [[[[True]] * 12] * 12]}}, 400, 'DT_FLOAT'),
+    ('NaN', 'POST', '/v1/models/tiny:predict',
+     {'data': json.dumps({'instances': [[[[float('nan')]] * 12] * 12]})},
+     400, 'NaN'),
+    ('Infinity', 'POST', '/v1/models/tiny:predict',
+     {'data': json.dumps({'inputs': [[[[float('inf')]] * 12] * 12]})}, 400,
+     'Infinity'),
+    ('binary value', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [{'b64': 'AAAA'}]}}, 400, 'images'),
+    ('unknown request key', 'POST', '/v1/models/tiny:predict',
+     {'json': {**_GOOD, 'examples': []}}, 400, 'unknown request keys'),
+    ('unknown signature', 'POST', '/v1/models/tiny:predict',
+     {'json': {**_GOOD, 'signature_name': 'nope'}}, 400, 'not found'),
+    ('signature not a string', 'POST', '/v1/models/tiny:predict',
+     {'json': {**_GOOD, 'signature_name': 3}}, 400, 'must be a string'),
+    ('unknown input name', 'POST', '/v1/models/tiny:predict',
+     {'json': {'inputs': {'pixels': _GOOD['instances']}}}, 400,
+     "signature takes ['images']"),
+    ('oversized body', 'POST', '/v1/models/tiny:predict',
+     {'data': b'{"instances": [' + b'0.1, ' * 20000 + b'0.1]}'}, 413,
+     'too large'),
+    ('oversized chunked body', 'POST', '/v1/models/tiny:predict',
+     {'data': iter([b'{"instances": [' + b'0.1, ' * 20000 + b'0.1]}'])}, 413,
+     'too large'),
+    ('unknown model', 'POST', '/v1/models/nope:predict', {'json': _GOOD}, 404,
+     'Servable not found'),
+    ('unknown model status', 'GET', '/v1/models/nope', {}, 404,
+     'Servable not found'),
+    ('unknown version', 'POST', '/v1/models/tiny/versions/7:predict',
+     {'json': _GOOD}, 404, 'Specific(tiny, 7)'),
+    ('unknown version metadata', 'GET', '/v1/models/tiny/versions/7/metadata',
+     {}, 404, 'Servable not found'),
+    ('non-numeric version', 'POST', '/v1/models/tiny/versions/x:predict',
+     {'json': _GOOD}, 404, 'versions are numbers'),
+    ('unknown verb', 'POST', '/v1/models/tiny:explain', {'json': _GOOD}, 404,
+     ':predict only'),
+    ('unknown path', 'GET', '/v2/everything', {}, 404, 'no such endpoint'),
+    ('GET on predict', 'GET', '/v1/models/tiny:predict', {}, 405,
+     'use POST'),
+    ('POST on status', 'POST', '/v1/models/tiny', {'json': _GOOD}, 405,
+     'not allowed'),
+    ('DELETE on metadata', 'DELETE', '/v1/models/tiny/metadata', {}, 405,
+     'not allowed'),
+]
+
+
+@pytest.mark.parametrize('case,method,path,kwargs,status,words', _BAD,
+                         ids=[c[0] for c in _BAD])
+def test_bad_request_gets_a_json_error(server, case, method, path, kwargs,
+                                       status, words):
+  del case
+  r = requests.request(method, server.url + path, timeout=TIMEOUT, **kwargs)
+  assert r.status_code == status, r.text
+  assert r.headers['Content-Type'].startswith('application/json')
+  body = r.json()
+  assert set(body) == {'error'} and words in body['error'], body
+  if status == 405:
+    assert r.headers.get('Allow')
+  # and the server still answers
+  ok = _post(server, '/v1/models/tiny:predict', json=_GOOD)
+  assert ok.status_code == 200 and len(ok.json()['predictions']) == 1
+
+
+def test_errors_are_counted_and_the_server_keeps_going(server):
+  stats = _get(server, '/monitoring/modelsteal/stats').json()
+  assert stats['batching'] is True
+  before = stats['models']['tiny']['errors']
+  _post(server, '/v1/models/tiny:predict', data=b'nonsense')
+  after = _get(server, '/monitoring/modelsteal/stats').json()
+  assert after['models']['tiny']['errors'] == before + 1
+
+
+# -- defences -------------------------------------------------------------------
+
+
+def test_label_defence_reveals_labels_only(server, tiny_model):
+  x = _x(6)
+  md = _get(server, '/v1/models/tiny_label/metadata').json()
+  sig = md['metadata']['signature_def']['signature_def']['serving_default']
+  assert sorted(sig['outputs']) == ['label']
+  assert md['modelsteal'] == {'defense': 'label', 'num_classes': 4}
+  r = _post(server, '/v1/models/tiny_label:predict',
+            json={'instances': x.tolist()})
+  assert r.status_code == 200, r.text
+  assert r.json()['predictions'] == list(_local(tiny_model, x).argmax(1))
+  cols = _post(server, '/v1/models/tiny_label:predict',
+               json={'inputs': x.tolist()}).json()
+  assert cols['outputs'] == r.json()['predictions']
+
+
+def test_rounding_defence_is_applied_before_answering(server, tiny_model):
+  x = _x(6)
+  preds = _post(server, '/v1/models/tiny_rounded:predict',
+                json={'instances': x.tolist()}).json()['predictions']
+  probs = np.array([p['probabilities'] for p in preds])
+  np.testing.assert_allclose(probs, np.round(_local(tiny_model, x), 1),
+                             atol=1e-6)
+  assert [p['label'] for p in preds] == list(probs.argmax(1))
+
+
+def test_defence_needs_a_probabilities_output(tmp_path):
+  import tensorflow as tf
+
+  class Doubler(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def __call__(self, x):
+      return {'y': 2 * x}
+
+  m = Doubler()
+  tf.saved_model.save(m, str(tmp_path / '1'),
+                      signatures={'serving_default': m.__call__})
+  with pytest.raises(serving.ServableLoadError, match='no "probabilities"'):
+    serving.load_servable(str(tmp_path), 'd', defense='label')
+  # without a defence any SavedModel serves; one output -> no names
+  ms = serving.ModelServer([serving.load_servable(str(tmp_path), 'd')])
+  with serving.BackgroundServer(ms.make_app()) as bg:
+    r = requests.post(bg.url + '/v1/models/d:predict',
+                      json={'instances': [[1, 2, 3]]}, timeout=TIMEOUT)
+    assert r.json() == {'predictions': [[2.0, 4.0, 6.0]]}
+    r = requests.post(bg.url + '/v1/models/d:predict',
+                      json={'inputs': [[1, 2, 3], [0, 0, 1]]}, timeout=TIMEOUT)
+    assert r.json() == {'outputs': [[2.0, 4.0, 6.0], [0.0, 0.0, 2.0]]}
+    # an output overflowing to Infinity is written as TF Serving does
+    r = requests.post(bg.url + '/v1/models/d:predict',
+                      json={'instances': [[3e38, 1, 1]]}, timeout=TIMEOUT)
+    assert r.status_code == 200 and 'Infinity' in r.text
+    assert r.json()['predictions'] == [[float('inf'), 2.0, 2.0]]
+
+
+# -- batching -------------------------------------------------------------------
+
+
+def test_batcher_merges_concurrent_requests_and_splits_answers():
+  calls = []
+
+  def fn(inputs):
+    calls.append(len(inputs['x']))
+    return {'y': inputs['x'] * 10, 'n': np.full(len(inputs['x']), 1)}
+
+  async def go(max_batch_size):
+    calls.clear()
+    b = serving.Batcher(fn, concurrent.futures.ThreadPoolExecutor(1),
+                        max_batch_size=max_batch_size, timeout_s=5.0)
+    reqs = [{'x': np.arange(k, k + size, dtype=np.float32)}
+            for k, size in ((0, 2), (100, 3), (200, 1), (300, 4))]
+    outs = await asyncio.gather(*[b.submit(r) for r in reqs])
+    await b.close()
+    for r, o in zip(reqs, outs):
+      np.testing.assert_array_equal(o['y'], r['x'] * 10)
+      assert len(o['n']) == len(r['x'])
+    return list(calls), b.stats
+
+  # all four arrive together: one call (the batch fills, no timeout wait)
+  calls1, stats = asyncio.run(go(10))
+  assert calls1 == [10] and stats.calls == 1 and stats.largest == 10
+  # a smaller limit: batches never exceed it, nothing is lost
+  calls2, stats = asyncio.run(go(5))
+  assert calls2 == [5, 5] and stats.instances == 10
+
+
+def test_batcher_isolates_a_failing_request():
+
+  def fn(inputs):
+    if (inputs['x'] < 0).any():
+      raise ValueError('negative input')
+    return {'y': inputs['x'] + 1}
+
+  async def go():
+    b = serving.Batcher(fn, concurrent.futures.ThreadPoolExecutor(1),
+                        max_batch_size=100, timeout_s=0.05)
+    return await asyncio.gather(
+        b.submit({'x': np.array([1.0])}), b.submit({'x': np.array([-1.0])}),
+        b.submit({'x': np.array([2.0, 3.0])}), return_exceptions=True)
+
+  good, bad, good2 = asyncio.run(go())
+  assert isinstance(bad, ValueError)
+  np.testing.assert_array_equal(good['y'], [2.0])
+  np.testing.assert_array_equal(good2['y'], [3.0, 4.0])
+
+
+def test_concurrent_clients_each_get_their_own_answers(server, tiny_model):
+  xs = [_x(1 + i % 3, seed=100 + i) for i in range(24)]
+
+  def ask(x):
+    r = _post(server, '/v1/models/tiny:predict', json={'inputs': x.tolist()})
+    assert r.status_code == 200, r.text
+    return np.array(r.json()['outputs']['probabilities'])
+
+  with concurrent.futures.ThreadPoolExecutor(12) as pool:
+    answers = list(pool.map(ask, xs))
+  for x, a in zip(xs, answers):
+    np.testing.assert_allclose(a, _local(tiny_model, x), atol=1e-5)
+  batches = _get(server, '/monitoring/modelsteal/stats').json()['batches']
+  assert any(b['model'] == 'tiny' and b['instances'] >= 48 for b in batches)
+
+
+def test_unbatched_server_answers_the_same(model_dir, tiny_model):
+  ms = serving.ModelServer([serving.load_servable(model_dir, 'tiny',
+                                                  versions='latest')],
+                           batching=False)
+  x = _x(3)
+  with serving.BackgroundServer(ms.make_app()) as bg:
+    r = requests.post(bg.url + '/v1/models/tiny:predict',
+                      json={'inputs': x.tolist()}, timeout=TIMEOUT)
+    np.testing.assert_allclose(r.json()['outputs']['probabilities'],
+                               _local(tiny_model, x), atol=1e-5)
+    stats = requests.get(bg.url + '/monitoring/modelsteal/stats',
+                         timeout=TIMEOUT).json()
+  assert stats['batching'] is False and stats['batches'] == []
+
+
+# -- the command line -----------------------------------------------------------
+
+
+def _serve_main(capsys, **flags):
+  from pipelines import serve
+  with pytest.raises(SystemExit) as e:
+    with flagsaver.flagsaver(**flags):
+      serve.main(['serve'])
+  err = capsys.readouterr().err
+  return e.value.code, err
+
+
+def test_serve_cli_rejects_bad_arguments(tmp_path, model_dir, capsys):
+  (tmp_path / 'junk').mkdir()
+  code, err = _serve_main(capsys, model_dir=str(tmp_path / 'junk'))
+  assert code == 2 and 'not a servable model' in err and 'Traceback' not in err
+  code, err = _serve_main(capsys, model_dir=str(tmp_path / 'missing'))
+  assert code == 2 and 'no such directory' in err
+  code, err = _serve_main(capsys, model_dir=model_dir,
+                          output_defense='blur:3')
+  assert code == 2 and 'valid forms' in err
+  code, err = _serve_main(capsys, model_dir=None)
+  assert code == 2 and '--model_dir is required' in err
+
+
+class _CliServer:
+  """`python -m pipelines.serve ... --port=0` in a subprocess; reads the URL
+  it prints. Killed after `limit_s` whatever happens."""
+
+  def __init__(self, *args, limit_s=180):
+    env = dict(os.environ, MODELSTEAL_OFFLINE='1', TF_CPP_MIN_LOG_LEVEL='2')
+    self.proc = subprocess.Popen(
+        [sys.executable, '-m', 'pipelines.serve', '--port=0', *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    self._killer = threading.Timer(limit_s, self.proc.kill)
+    self._killer.start()
+    self.lines = []
+    for line in self.proc.stdout:
+      self.lines.append(line)
+      if line.startswith('[serve] listening:'):
+        self.url = line.split()[2]
+        return
+    self.close()
+    raise AssertionError('the server did not start:\n' + ''.join(self.lines))
+
+  def close(self):
+    self.proc.terminate()
+    try:
+      self.proc.wait(30)
+    finally:
+      self._killer.cancel()
+      self.proc.kill()
+      self.proc.stdout.close()
+
+
+def test_steal_over_http_then_serve_the_student(server, tiny_npz, tmp_path):
+  """The acceptance test, on loopback: steal a served victim with
+  --victim_url (smoke), serve the exported student with the command line,
+  query it with plain TF Serving REST calls, compare with the local model."""
+  from pipelines import steal
+  wd = str(tmp_path / 'w')
+  url = server.url + '/v1/models/tiny'
+  before = server.model_server.stats['tiny'].instances
+  with flagsaver.flagsaver(victim_url=url, dataset=tiny_npz, workdir=wd,
+                           smoke=True, budget=60, students=['mnist_mlp']):
+    steal.main(['steal'])
+  df = pd.read_csv(glob.glob(os.path.join(wd, 'steal', '*', 'results.csv'))[0])
+  assert df['role'].tolist() == ['victim', 'student']
+  assert df['saved_model'].iloc[0] == url
+  assert df['victim_accuracy'].iloc[0] > 0.9  # the tiny model is good
+  assert df['queries_paid'].iloc[1] == 60
+  assert server.model_server.stats['tiny'].instances > before
+
+  student = df['saved_model'].iloc[1]  # .../model/serving/1
+  cli = _CliServer(f'--model_dir={os.path.dirname(student)}',
+                   '--model_name=student')
+  try:
+    assert cli.url.endswith('/v1/models/student')
+    base = cli.url.rsplit('/v1/', 1)[0]
+    status = requests.get(f'{base}/v1/models/student', timeout=TIMEOUT).json()
+    assert status['model_version_status'][0]['version'] == '1'
+    assert status['model_version_status'][0]['state'] == 'AVAILABLE'
+    md = requests.get(f'{base}/v1/models/student/metadata',
+                      timeout=TIMEOUT).json()
+    assert 'serving_default' in md['metadata']['signature_def'][
+        'signature_def']
+    x = _x(8, seed=11)
+    rows = requests.post(f'{base}/v1/models/student:predict',
+                         data=json.dumps({'instances': x.tolist()}),
+                         timeout=TIMEOUT)
+    assert rows.status_code == 200, rows.text
+    cols = requests.post(f'{base}/v1/models/student/versions/1:predict',
+                         json={'signature_name': 'serving_default',
+                               'inputs': {'images': x.tolist()}},
+                         timeout=TIMEOUT)
+    assert cols.status_code == 200, cols.text
+    local = load_predictor(student)(x)
+    np.testing.assert_allclose(
+        [p['probabilities'] for p in rows.json()['predictions']], local,
+        atol=1e-5)
+    np.testing.assert_allclose(cols.json()['outputs']['probabilities'], local,
+                               atol=1e-5)
+    assert cols.json()['outputs']['label'] == list(local.argmax(1))
+    bad = requests.post(f'{base}/v1/models/student:predict',
+                        data=b'{"instances": [1,', timeout=TIMEOUT)
+    assert bad.status_code == 400 and 'error' in bad.json()
+  finally:
+    cli.close()
+  assert cli.proc.returncode is not None
+
+
+def test_codec_without_orjson_gives_the_same_answers(monkeypatch):
+  from modelsteal.serving import codec
+  body = json.dumps({'instances': [[0.25, 1e-3]], 'signature_name': 's'})
+  fast = codec.decode_json(body.encode())
+  out = {'p': np.array([[0.5, np.float32(0.1)]], np.float32)}
+  fast_out = codec.encode_json(codec.format_predictions(out, True))
+  monkeypatch.setattr(codec, 'orjson', None)
+  assert codec.decode_json(body.encode()) == fast
+  assert json.loads(codec.encode_json(codec.format_predictions(out, True))) == (
+      json.loads(fast_out))
+  with pytest.raises(codec.ServingError, match='JSON Parse error'):
+    codec.decode_json(b'{"instances": [1,')
+  assert codec.decode_json(b'{"inputs": [NaN]}')['inputs'][0] != 0
+
+
