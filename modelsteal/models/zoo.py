@@ -94,7 +94,10 @@ def build_ntga_cnn(input_shape, num_classes) -> keras.Model:
   for _ in range(2):
     x = layers.Conv2D(64, 5, padding='same', activation='relu')(x)
     x = layers.MaxPooling2D(3, 2, padding='same')(x)
-    x = layers.BatchNormalization()(x)
+    # momentum 0.9 (PyTorch's default) rather than Keras' 0.99: with 0.99 the
+    # moving statistics lag far behind in short runs (400 steps: 11% clean
+    # accuracy at inference against a training loss of 0.04).
+    x = layers.BatchNormalization(momentum=0.9)(x)
   x = layers.Flatten()(x)
   x = layers.Dense(384, activation='relu')(x)
   x = layers.Dropout(0.5)(x)
