@@ -16,6 +16,13 @@ DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 WORKDIR = flags.DEFINE_string('workdir', './runs', 'Root of all artifacts.')
 SEED = flags.DEFINE_integer('seed', 0, 'Seed for splits, queries, training.')
 SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny data and steps (tests).')
+POISONED = flags.DEFINE_string(
+    'poisoned', None, 'Poisoned Examples artifact directory (from '
+    'pipelines.ntga) or an exported .npz (x_train, y_train, x_test, y_test, '
+    'optional idx_train).')
+TRAIN_SIZE = flags.DEFINE_integer(
+    'train_size', 0, 'Use only the first N training images (0: all): a '
+    'reduced problem. In pipelines.ntga, the number of images poisoned.')
 DISTRIBUTE = flags.DEFINE_string('distribute', 'default',
                                  'tf.distribute strategy: default, mirrored, '
                                  'tpu.')

@@ -33,8 +33,6 @@ from absl import flags
 
 from pipelines import common
 
-_POISONED = flags.DEFINE_string('poisoned', None, 'Poisoned Examples artifact '
-                                'directory or exported .npz.')
 _DEFENSE = flags.DEFINE_string('defense', 'none', 'Comma list of defences, or '
                                'all.')
 _TARGET = flags.DEFINE_string('target', 'cnn', 'Target network: cnn, fnn, '
@@ -46,8 +44,6 @@ _EPOCHS = flags.DEFINE_integer('epochs', 10, 'Training epochs.')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
 _LR = flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate (cosine '
                          'decay).')
-_TRAIN_SIZE = flags.DEFINE_integer('train_size', 0, 'Use the first N training '
-                                   'images (0: all).')
 
 TARGETS = {'cnn': 'ntga_cnn', 'fnn': 'ntga_fnn', 'fnn_relu': 'ntga_fnn_relu'}
 
@@ -196,9 +192,9 @@ def run(cfg: DefendConfig):
 
 def config_from_flags() -> DefendConfig:
   return DefendConfig(
-      poisoned=_POISONED.value, defense=_DEFENSE.value, target=_TARGET.value,
+      poisoned=common.POISONED.value, defense=_DEFENSE.value, target=_TARGET.value,
       clean=_CLEAN.value, epochs=_EPOCHS.value, batch_size=_BATCH.value,
-      learning_rate=_LR.value, train_size=_TRAIN_SIZE.value,
+      learning_rate=_LR.value, train_size=common.TRAIN_SIZE.value,
       workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value, distribute=common.DISTRIBUTE.value,
       data_dir=common.DATA_DIR.value)

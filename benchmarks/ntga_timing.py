@@ -1,0 +1,111 @@
+r"""Seconds per NTGA gradient (one block against the validation target).
+
+    taskset -c 1 python benchmarks/ntga_timing.py --surrogate=fnn --n_val=10000
+    taskset -c 1 python benchmarks/ntga_timing.py --surrogate=cnn --n_val=1000
+
+Times d loss / d block for a 512-image MNIST-shaped block (random pixels: the
+cost does not depend on them) three ways:
+
+* `naive`: neural-tangents kernels, closed-form GP mean through `eigh`, and
+  `jax.grad` of the whole loss in one jit (what the issue calls the
+  straightforward version);
+* `nt+blocked`: this package's `NTGA.loss_and_grad` (block kernel and GP
+  weights once per step, validation in batches) on neural-tangents kernels;
+* `ours`: the same with the closed-form FNN kernel (fnn only).
+
+Prints a table (median of --repeats after one warm-up call that compiles) and
+appends it to --out (CSV). Pin it to one core for figures that mean something
+on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+_SURROGATE = flags.DEFINE_enum('surrogate', 'fnn', ['fnn', 'cnn'], 'Surrogate.')
+_N_VAL = flags.DEFINE_integer('n_val', 10000, 'Validation target images.')
+_BLOCK = flags.DEFINE_integer('block', 512, 'Block size.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per method.')
+_METHODS = flags.DEFINE_list('methods', ['naive', 'nt+blocked', 'ours'],
+                             'Methods to time.')
+_VAL_BATCH = flags.DEFINE_integer('val_batch_size', 0, '0: surrogate default.')
+_OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing.csv', 'CSV to append.')
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from modelsteal.ntga import attack, kernels  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  n_val, n_b = _N_VAL.value, _BLOCK.value
+  xv = rng.random((n_val, 28, 28, 1), dtype=np.float32)
+  yv = rng.integers(0, 10, n_val)
+  xb = rng.random((n_b, 28, 28, 1), dtype=np.float32)
+  yb = rng.integers(0, 10, n_b)
+  sur = _SURROGATE.value
+  nt_kernel = kernels.nt_fnn() if sur == 'fnn' else kernels.nt_cnn(10)
+  bs = _VAL_BATCH.value or kernels.get_surrogate(sur, 10).val_batch_size
+  rows = []
+
+  def timed(name, fn):
+    t0 = time.time()
+    fn()
+    first = time.time() - t0
+    ts = []
+    for _ in range(_REPEATS.value):
+      t0 = time.time()
+      fn()
+      ts.append(time.time() - t0)
+    med = float(np.median(ts))
+    rows.append((sur, name, n_b, n_val, first, med))
+    print(f'{sur:4} {name:11} block {n_b} x val {n_val}: first call '
+          f'{first:7.2f}s, then {med:7.3f}s per gradient', flush=True)
+
+  for method in _METHODS.value:
+    if method == 'naive':
+      xv_j, yv_j = jnp.asarray(xv), jax.nn.one_hot(yv, 10)
+      yb_j = jax.nn.one_hot(yb, 10)
+
+      def loss(x, xv_, yv_):
+        kbb = nt_kernel(x, x)
+        kvb = nt_kernel(xv_, x)
+        n = kbb.shape[0]
+        kbb = kbb + 1e-4 * jnp.trace(kbb) / n * jnp.eye(n)
+        lam, v = jnp.linalg.eigh(kbb)
+        f = -jnp.expm1(-lam * 64.0 / yb_j.size) / lam
+        logits = kvb @ (v @ (f[:, None] * (v.T @ yb_j)))
+        return -jnp.sum(jax.nn.log_softmax(logits) * yv_)
+
+      g = jax.jit(jax.grad(loss))
+      timed('naive', lambda: g(jnp.asarray(xb), xv_j, yv_j).block_until_ready())
+    elif method in ('nt+blocked', 'ours'):
+      if method == 'ours' and sur != 'fnn':
+        continue
+      fn = kernels.fnn_ntk if method == 'ours' else nt_kernel
+      att = attack.NTGA(fn, xv, yv, 10,
+                        attack.AttackConfig(val_batch_size=bs))
+      timed(method, lambda: att.loss_and_grad(xb, yb))
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  new = not os.path.exists(_OUT.value)
+  with open(_OUT.value, 'a') as f:
+    if new:
+      f.write('surrogate,method,block,n_val,first_call_s,seconds_per_gradient,'
+              'devices\n')
+    for r in rows:
+      f.write(','.join(str(v) for v in r) + f',{len(jax.devices())}x'
+              f'{jax.devices()[0].platform}\n')
+  print(f'appended to {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

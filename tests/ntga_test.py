@@ -1,0 +1,326 @@
+"""modelsteal.ntga: kernels, GP mean, PGD, the component and the pipeline."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl.testing import flagsaver
+
+from modelsteal import data
+from modelsteal.ntga import attack as attack_lib
+from modelsteal.ntga import generate as generate_lib
+from modelsteal.ntga import kernels
+from tests.conftest import synthetic_images
+
+import jax  # pylint: disable=g-bad-import-order
+import jax.numpy as jnp
+from jax.experimental import enable_x64
+
+
+# One problem shape throughout (8x8 images, 4 classes, blocks of 40, 40
+# validation images in batches of 16, t=16): XLA compiles it once.
+def _tiny_examples(tmp_path, n_train=160, n_test=40, size=8, num_classes=4):
+  xtr, ytr = synthetic_images(n_train, num_classes=num_classes, size=size,
+                              seed=1)
+  xte, yte = synthetic_images(n_test, num_classes=num_classes, size=size,
+                              seed=2)
+  ds = data.sources._make('tiny', xtr, ytr, xte, yte, source='synthetic')  # pylint: disable=protected-access
+  return data.import_dataset(ds, str(tmp_path / 'import'))
+
+
+_TINY = dict(val_size=40, block_size=48, nb_iter=3, eps=0.1, t=16.0,
+             val_batch_size=16)
+
+
+# ---------------------------------------------------------------- kernels
+def test_closed_form_fnn_kernel_matches_neural_tangents():
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.random((6, 5, 5, 1), dtype=np.float32))
+  b = jnp.asarray(rng.random((4, 5, 5, 1), dtype=np.float32))
+  r = jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32))
+  ref_fn = jax.jit(kernels.nt_fnn())
+  np.testing.assert_allclose(kernels.fnn_ntk(a, b), ref_fn(a, b), rtol=1e-5)
+  np.testing.assert_allclose(kernels.fnn_ntk(a, a), ref_fn(a, a),
+                             rtol=1e-5)
+  for argnums in (0, 1):
+    g = jax.jit(jax.grad(lambda x, y: jnp.sum(kernels.fnn_ntk(x, y) * r),
+                         argnums))(a, b)
+    g_ref = jax.jit(jax.grad(lambda x, y: jnp.sum(ref_fn(x, y) * r),
+                             argnums))(a, b)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(g_ref))))
+  # the block's kernel depends on x through both arguments
+  w = r[:, :4] @ r[:, :4].T
+  g = jax.jit(jax.grad(lambda x: jnp.sum(kernels.fnn_ntk(x, x) * w)))(a)
+  g_ref = jax.jit(jax.grad(lambda x: jnp.sum(ref_fn(x, x) * w)))(a)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-4,
+                             atol=1e-5 * float(jnp.max(jnp.abs(g_ref))))
+
+
+def test_fast_arcsin_is_accurate():
+  x = jnp.linspace(-1.0, 1.0, 10001, dtype=jnp.float32)
+  err = jnp.max(jnp.abs(kernels._asin(x) - jnp.arcsin(x)))  # pylint: disable=protected-access
+  assert float(err) < 1e-6
+
+
+# ---------------------------------------------------------------- GP mean
+def test_gp_prediction_matches_closed_form_and_neural_tangents():
+  import neural_tangents as nt  # pylint: disable=g-import-not-at-top
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  with enable_x64():
+    xb = jnp.asarray(rng.random((10, 4, 4, 1)))
+    xt = jnp.asarray(rng.random((5, 4, 4, 1)))
+    yb = jax.nn.one_hot(rng.integers(0, 3, 10), 3, dtype=jnp.float64)
+    kbb, ktb = kernels.fnn_ntk(xb, xb), kernels.fnn_ntk(xt, xb)
+    t, reg = 50.0, 1e-4
+    ours = np.asarray(attack_lib.gp_predict(ktb, kbb, yb, t, reg))
+    ref = nt.predict.gradient_descent_mse(kbb, yb, diag_reg=reg)(
+        t, 0.0, 0.0, ktb)[1]
+    k = np.asarray(kbb) + reg * np.trace(kbb) / 10 * np.eye(10)
+    direct = np.asarray(ktb) @ np.linalg.solve(
+        k, (np.eye(10) - scipy.linalg.expm(-k * t / yb.size)) @ np.asarray(yb))
+  assert np.abs(ours).max() > 1e-3  # not trivially zero
+  np.testing.assert_allclose(ours, direct, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(ours, np.asarray(ref), rtol=1e-9, atol=1e-12)
+
+
+def test_gp_weight_gradient_matches_autodiff_through_eigh():
+  rng = np.random.default_rng(1)
+
+  def plain(k, y, s):
+    lam, v = jnp.linalg.eigh(k)
+    return v @ ((-jnp.expm1(-lam * s) / lam)[:, None] * (v.T @ y))
+
+  with enable_x64():
+    xb = jnp.asarray(rng.random((9, 3, 3, 1)))
+    yb = jax.nn.one_hot(rng.integers(0, 3, 9), 3, dtype=jnp.float64)
+    r = jnp.asarray(rng.normal(size=(9, 3)))
+
+    def loss(fn, x):
+      k = kernels.fnn_ntk(x, x)
+      k = k + 1e-4 * jnp.trace(k) / 9 * jnp.eye(9)
+      return jnp.sum(fn(k, yb, jnp.asarray(40.0 / yb.size)) * r)
+
+    ours = jax.jit(jax.grad(
+        lambda x: loss(attack_lib._matrix_function_apply, x)))(xb)  # pylint: disable=protected-access
+    ref = jax.jit(jax.grad(lambda x: loss(plain, x)))(xb)
+  np.testing.assert_allclose(ours, ref, rtol=1e-7, atol=1e-12)
+
+
+# ---------------------------------------------------------------- PGD
+def _tiny_attack(precision='float32', seed=3, **kw):
+  x, y = synthetic_images(80, num_classes=4, size=8, seed=seed)
+  cfg = dict(eps=0.1, nb_iter=4, t=16.0, val_batch_size=16,
+             precision=precision)
+  cfg.update(kw)
+  return (attack_lib.NTGA(kernels.fnn_ntk, x[40:], y[40:], 4,
+                          attack_lib.AttackConfig(**cfg)), x[:40], y[:40])
+
+
+def test_pgd_raises_loss_within_eps_and_unit_box():
+  att, xb, yb = _tiny_attack()
+  x_adv, st = att.attack_block(xb, yb)
+  losses = st['loss']
+  assert len(losses) == 5
+  assert losses[-1] > losses[0] + 1e-3
+  assert sum(b > a for a, b in zip(losses, losses[1:])) >= 3
+  assert np.abs(x_adv - xb).max() <= 0.1 + 1e-6
+  assert np.abs(x_adv - xb).max() > 0.05  # it did move
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  # a real PGD: the first step is eps_iter, not eps
+  att1, _, _ = _tiny_attack(seed=4, eps_iter=0.02, nb_iter=1)
+  x1, _ = att1.attack_block(xb, yb)
+  assert np.abs(x1 - xb).max() <= 0.02 + 1e-6
+
+
+def test_loss_gradient_matches_finite_differences():
+  att, xb, yb = _tiny_attack()
+  _, _, g = att.loss_and_grad(xb, yb)
+  rng = np.random.default_rng(0)
+  d = rng.normal(size=xb.shape).astype(np.float32)
+  d /= np.linalg.norm(d)
+  h = 1e-2
+  fd = (att.loss(xb + h * d, yb)[0] - att.loss(xb - h * d, yb)[0]) / (2 * h)
+  assert np.sum(g * d) == pytest.approx(fd, rel=0.05, abs=1e-6)
+
+
+def test_random_start_and_float64():
+  att, xb, yb = _tiny_attack(rand_init=True)
+  with pytest.raises(ValueError, match='PRNG key'):
+    att.attack_block(xb, yb)
+  x1, _ = att.attack_block(xb, yb, jax.random.PRNGKey(0))
+  x2, _ = att.attack_block(xb, yb, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(x1, x2)
+  assert np.abs(x1 - xb).max() <= 0.1 + 1e-6
+  att32, _, _ = _tiny_attack()
+  l32, _, g32 = att32.loss_and_grad(xb, yb)
+  with attack_lib.precision_scope('float64'):
+    att64, _, _ = _tiny_attack('float64')
+    l64, _, g64 = att64.loss_and_grad(xb, yb)
+  assert g64.dtype == np.float64
+  assert l64 == pytest.approx(l32, rel=1e-5)
+  assert np.mean(np.sign(g64) == np.sign(g32)) > 0.95
+
+
+def test_bad_settings_are_clear_errors():
+  with pytest.raises(ValueError, match='eps must be'):
+    attack_lib.AttackConfig(eps=0.0).validate()
+  with pytest.raises(ValueError, match='eps_iter'):
+    attack_lib.AttackConfig(eps=0.1, eps_iter=0.2).validate()
+  with pytest.raises(ValueError, match='float64'):
+    attack_lib.AttackConfig(precision='float16').validate()
+  with pytest.raises(ValueError, match='val_size'):
+    generate_lib.split_for_attack(100, 100, 0)
+  with pytest.raises(KeyError, match='surrogate'):
+    kernels.get_surrogate('resnet', 10)
+
+
+def test_blocks_cover_every_sample():
+  order = np.arange(1000)
+  blocks = generate_lib.make_blocks(order, 512)
+  assert [len(b) for b in blocks] == [500, 500]
+  blocks = generate_lib.make_blocks(np.arange(50000), 512)
+  assert len(blocks) == 98 and {len(b) for b in blocks} == {510, 511}
+  np.testing.assert_array_equal(np.concatenate(blocks), np.arange(50000))
+
+
+def test_cnn_surrogate_attack_raises_loss():
+  x, y = synthetic_images(30, num_classes=3, size=8, seed=5)
+  sur = kernels.get_surrogate('cnn', 3)
+  att = attack_lib.NTGA(sur.kernel_fn, x[10:], y[10:], 3,
+                        attack_lib.AttackConfig(eps=0.1, nb_iter=2, t=8.0,
+                                                val_batch_size=10))
+  x_adv, st = att.attack_block(x[:10], y[:10])
+  assert st['loss'][-1] > st['loss'][0]
+  assert np.abs(x_adv - x[:10]).max() <= 0.1 + 1e-6
+
+
+# ---------------------------------------------------------------- component
+def test_component_keeps_labels_and_order_and_is_deterministic(tmp_path):
+  ex = _tiny_examples(tmp_path)
+  r1 = generate_lib.generate_ntga.run(str(tmp_path / 'a'), examples=ex,
+                                      **_TINY)
+  r2 = generate_lib.generate_ntga.run(str(tmp_path / 'b'), examples=ex,
+                                      **_TINY)
+  src = ex.load_split('train')
+  out = r1['poisoned'].load_split('train')
+  idx = out['idx']
+  assert len(idx) == 160 - 40  # every sample but the validation target
+  assert np.all(np.diff(idx) > 0)  # the source order
+  np.testing.assert_array_equal(out['y'], src['y'][idx])
+  delta = out['x'] - src['x'][idx]
+  assert np.abs(delta).max() <= 0.1 + 1e-6
+  assert np.mean(np.abs(delta) > 1e-4) > 0.5  # poisoned, not copied
+  assert out['x'].min() >= 0 and out['x'].max() <= 1
+  val = r1['poisoned'].load_split('val')
+  assert not set(val['idx']) & set(idx)
+  np.testing.assert_array_equal(val['x'], src['x'][val['idx']])
+  test = r1['poisoned'].load_split('test')
+  np.testing.assert_array_equal(test['x'], ex.load_split('test')['x'])
+  np.testing.assert_array_equal(
+      out['x'], r2['poisoned'].load_split('train')['x'])
+  assert os.path.getsize(r1['poisoned'].path('examples.png')) > 1000
+  with open(os.path.join(r1.execution_dir, 'execution.json')) as f:
+    assert json.load(f)['status'] == 'complete'
+  props = r1['poisoned'].properties
+  assert props['blocks'] == 3 and props['surrogate_val_loss']['poisoned'] > (
+      props['surrogate_val_loss']['clean'])
+  # another seed gives another permutation
+  r3 = generate_lib.generate_ntga.run(str(tmp_path / 'a'), examples=ex,
+                                      seed=1, **_TINY)
+  assert not np.array_equal(r3['poisoned'].load_split('val')['idx'],
+                            val['idx'])
+  # rerun: reused
+  assert generate_lib.generate_ntga.run(str(tmp_path / 'a'), examples=ex,
+                                        **_TINY).reused
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path,
+                                                        monkeypatch):
+  ex = _tiny_examples(tmp_path)
+  whole = generate_lib.generate_ntga.run(str(tmp_path / 'whole'), examples=ex,
+                                         rand_init=True, **_TINY)
+  original = attack_lib.NTGA.attack_block
+  calls = []
+
+  def interrupted(self, *a, **kw):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return original(self, *a, **kw)
+
+  monkeypatch.setattr(attack_lib.NTGA, 'attack_block', interrupted)
+  wd = str(tmp_path / 'resumed')
+  with pytest.raises(KeyboardInterrupt):
+    generate_lib.generate_ntga.run(wd, examples=ex, rand_init=True, **_TINY)
+  assert len(glob.glob(os.path.join(wd, 'generate_ntga', '.scratch-*',
+                                    'block_*.npz'))) == 2
+  assert not glob.glob(os.path.join(wd, 'generate_ntga', '*',
+                                    'execution.json'))
+  calls.clear()
+  resumed = generate_lib.generate_ntga.run(wd, examples=ex, rand_init=True,
+                                           **_TINY)
+  assert len(calls) == 1  # only the unfinished block was computed
+  a = whole['poisoned'].load_split('train')
+  b = resumed['poisoned'].load_split('train')
+  np.testing.assert_array_equal(a['x'], b['x'])
+  np.testing.assert_array_equal(a['idx'], b['idx'])
+
+
+def test_sharded_validation_over_two_devices_matches_one():
+  code = r'''
+import numpy as np, jax
+from modelsteal.ntga import attack, kernels
+from tests.conftest import synthetic_images
+assert len(jax.devices()) == 2
+x, y = synthetic_images(70, num_classes=3, size=6, seed=3)
+cfg = attack.AttackConfig(eps=0.1, nb_iter=2, t=16.0, val_batch_size=8)
+one = attack.NTGA(kernels.fnn_ntk, x[20:], y[20:], 3, cfg, jax.devices()[:1])
+two = attack.NTGA(kernels.fnn_ntk, x[20:], y[20:], 3, cfg)
+l1, _, g1 = one.loss_and_grad(x[:20], y[:20])
+l2, _, g2 = two.loss_and_grad(x[:20], y[:20])
+np.testing.assert_allclose(l1, l2, rtol=1e-5)
+np.testing.assert_allclose(g1, g2, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
+print('OK', two.n_devices)
+'''
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, '-c', code], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'OK 2' in out.stdout
+
+
+# ---------------------------------------------------------------- pipeline
+def test_pipeline_smoke_export_and_reuse(tiny_npz, tmp_path, capsys):
+  from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / 'runs')
+  npz = str(tmp_path / 'out' / 'poisoned.npz')
+  with flagsaver.flagsaver(dataset=tiny_npz, workdir=wd, smoke=True,
+                           export_npz=npz, surrogate='fnn'):
+    ntga_pipeline.main(['ntga'])
+  out = capsys.readouterr().out
+  assert 'poisoned:' in out and 'execution.json' in out and npz in out
+  with np.load(npz) as z:
+    assert set(z.files) == {'x_train', 'y_train', 'idx_train', 'x_test',
+                            'y_test'}
+    with np.load(tiny_npz) as src:
+      clean = src['x_train'][z['idx_train']].astype(np.float32) / 255
+      np.testing.assert_array_equal(z['y_train'], src['y_train'][z['idx_train']])
+      assert len(z['y_test']) == len(src['y_test'])
+    assert z['x_train'].dtype == np.float32
+    assert np.abs(z['x_train'][..., 0] - clean[..., 0]).max() <= 0.3 + 1e-6
+  with flagsaver.flagsaver(dataset=tiny_npz, workdir=wd, smoke=True,
+                           surrogate='fnn'):
+    ntga_pipeline.main(['ntga'])
+  assert 'reused' in capsys.readouterr().out
+  with flagsaver.flagsaver(dataset=tiny_npz, workdir=wd, smoke=True, eps=3.0):
+    with pytest.raises(SystemExit):
+      ntga_pipeline.main(['ntga'])
+  assert 'eps must be' in capsys.readouterr().err
