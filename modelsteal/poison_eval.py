@@ -14,7 +14,6 @@ both runs see the same number of images with the same labels.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
@@ -67,34 +66,13 @@ def train_and_track(arch: str, x: np.ndarray, y: np.ndarray,
   augmentation, which would act as a defence), plus an evaluation on the
   clean test split after every epoch.
   """
-  import keras  # pylint: disable=g-import-not-at-top
-  from modelsteal import models  # pylint: disable=g-import-not-at-top
-  from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
-
-  keras.utils.set_random_seed(seed)
-  model = models.build(arch, x.shape[1:], num_classes)
-  steps = max(1, math.ceil(len(x) / batch_size))
-  schedule = keras.optimizers.schedules.CosineDecay(
-      learning_rate, decay_steps=steps * epochs)
-  model.compile(optimizer=keras.optimizers.Adam(schedule),
-                loss=keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=True))
-  accuracies: list[float] = []
-
-  class TestAccuracy(keras.callbacks.Callback):
-
-    def on_epoch_end(self, epoch, logs=None):
-      logits = self.model.predict(x_test, batch_size=1024, verbose=0)
-      accuracies.append(float(np.mean(np.argmax(logits, -1) == y_test)))
-      if verbose:
-        print(f'    epoch {epoch + 1}/{epochs}: clean test accuracy '
-              f'{100 * accuracies[-1]:.2f}%', flush=True)
-
-  ds = make_tf_dataset(x, y, batch_size, shuffle=True, seed=seed)
-  # the dataset shuffles itself each epoch
-  model.fit(ds, epochs=epochs, verbose=0, shuffle=False,
-            callbacks=[TestAccuracy()])
-  return accuracies
+  from modelsteal.training import TrainConfig, epoch_accuracy_callback, train_classifier  # pylint: disable=g-import-not-at-top
+  cb = epoch_accuracy_callback(x_test, y_test, verbose=bool(verbose))
+  train_classifier(arch, x, y, num_classes,
+                   TrainConfig(epochs=epochs, batch_size=batch_size,
+                               learning_rate=learning_rate),
+                   seed=seed, verbose=0, callbacks=[cb])
+  return cb.history
 
 
 def save_plot(path: str, curves: dict[tuple[str, str], list[float]],

@@ -116,7 +116,8 @@ def predict_probs(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
 
 
 def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
-                            preprocess=None, batch_size: int = 1024):
+                            preprocess=None, batch_size: int = 1024,
+                            verbose: bool = True):
   """A callback recording clean accuracy after every epoch in `.history`.
 
   Args:
@@ -125,6 +126,7 @@ def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
       it when training a wrapper).
     preprocess: test-time transform applied to `x` once, up front.
     batch_size: evaluation batch size.
+    verbose: print a line per epoch.
   """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -143,7 +145,8 @@ def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
       pred = m.predict(x, batch_size=batch_size, verbose=0).argmax(1)
       acc = float((pred == y).mean())
       self.history.append(acc)
-      print(f'  epoch {epoch + 1}: clean test accuracy {100 * acc:.2f}%',
-            flush=True)
+      if verbose:
+        print(f'  epoch {epoch + 1}: clean test accuracy {100 * acc:.2f}%',
+              flush=True)
 
   return EpochAccuracy()

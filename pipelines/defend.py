@@ -65,26 +65,6 @@ class DefendConfig:
   data_dir: str | None = None
 
 
-def load_poisoned(path: str, workdir: str):
-  """An Examples artifact from an artifact directory or an exported npz."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from modelsteal import data as data_lib  # pylint: disable=g-import-not-at-top
-  from modelsteal.artifacts import Examples  # pylint: disable=g-import-not-at-top
-  if not path:
-    raise ValueError('--poisoned is required: an NTGA artifact directory or '
-                     'an exported .npz.')
-  if os.path.isdir(path):
-    for cand in (path, os.path.join(path, 'poisoned')):
-      if os.path.exists(os.path.join(cand, 'artifact.json')):
-        return Examples.load(cand)
-    raise data_lib.DataError(f'--poisoned {path!r}: no artifact.json; pass an '
-                             'Examples artifact directory or an .npz.')
-  ds = data_lib.load_dataset(path)
-  with np.load(path) as z:
-    idx = z['idx_train'] if 'idx_train' in z.files else None
-  return data_lib.import_dataset(ds, workdir, train_idx=idx)
-
-
 def clean_counterpart(poisoned, clean: str, data_dir, workdir: str):
   """The same training rows (by `idx`), unpoisoned, with the same test set."""
   import dataclasses as dc  # pylint: disable=g-import-not-at-top
@@ -131,6 +111,7 @@ def plot_histories(rows, path: str) -> str:
 def run(cfg: DefendConfig):
   """Runs the defence table; returns (DataFrame, output directory)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
+  from modelsteal import data as data_lib  # pylint: disable=g-import-not-at-top
   from modelsteal import distribute, evaluation, models  # pylint: disable=g-import-not-at-top
   from modelsteal.defenses.components import train_defended  # pylint: disable=g-import-not-at-top
   from modelsteal.defenses.training import parse_defense_list  # pylint: disable=g-import-not-at-top
@@ -143,7 +124,7 @@ def run(cfg: DefendConfig):
                    f'{", ".join(sorted(models.ARCHITECTURES))}.')
   distribute.use(cfg.distribute)
   wd = os.path.abspath(cfg.workdir)
-  poisoned = load_poisoned(cfg.poisoned, wd)
+  poisoned = data_lib.load_poisoned(cfg.poisoned, wd)
   sets = [('poisoned', poisoned)]
   if cfg.clean:
     sets.append(('clean', clean_counterpart(poisoned, cfg.clean, cfg.data_dir,

@@ -28,7 +28,6 @@ Finished trainings are kept: an interrupted run resumes with the next one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 
@@ -63,39 +62,6 @@ class PoisonEvalConfig:
   smoke: bool = False
 
 
-def _import_npz(path: str, workdir: str):
-  """An exported poisoned .npz as an Examples artifact keyed by its content."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from modelsteal.artifacts import ArtifactError, Examples  # pylint: disable=g-import-not-at-top
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  fp = h.hexdigest()
-  uri = os.path.join(workdir, 'import_poisoned', fp[:16])
-  if os.path.exists(os.path.join(uri, 'artifact.json')):
-    return Examples.load(uri)
-  try:
-    with np.load(path) as z:
-      arrays = {k: z[k] for k in ('x_train', 'y_train', 'idx_train', 'x_test',
-                                  'y_test')}
-  except KeyError as e:
-    raise ArtifactError(f'{path!r} lacks {e}: expected x_train, y_train, '
-                        'idx_train, x_test, y_test.') from e
-  except (OSError, ValueError) as e:
-    raise ArtifactError(f'{path!r} is not a readable .npz ({e}).') from e
-  tmp = f'{uri}.tmp-{os.getpid()}'
-  art = Examples(uri=tmp, fingerprint=fp, properties={'name': os.path.basename(
-      path)[:-4], 'source': f'npz file {path}'})
-  art.save_split('train', arrays['x_train'], arrays['y_train'],
-                 idx=arrays['idx_train'])
-  art.save_split('test', arrays['x_test'], arrays['y_test'])
-  art.save_properties()
-  os.rename(tmp, uri)
-  art.uri = uri
-  return art
-
-
 def _load_inputs(cfg: PoisonEvalConfig):
   from modelsteal import data as data_lib  # pylint: disable=g-import-not-at-top
   from modelsteal.artifacts import ArtifactError, Examples  # pylint: disable=g-import-not-at-top
@@ -108,7 +74,7 @@ def _load_inputs(cfg: PoisonEvalConfig):
     if not cfg.dataset:
       raise ValueError('an exported .npz needs --dataset: the clean dataset '
                        'it was made from.')
-    poisoned = _import_npz(cfg.poisoned, cfg.workdir)
+    poisoned = data_lib.load_poisoned(cfg.poisoned, cfg.workdir)
   else:
     poisoned = Examples.load(cfg.poisoned)
   if cfg.dataset:

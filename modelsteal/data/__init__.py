@@ -22,11 +22,12 @@ from modelsteal.data.sources import DatasetUnavailableError
 from modelsteal.data.sources import check_images
 from modelsteal.data.sources import load_dataset
 from modelsteal.data.splits import import_dataset
+from modelsteal.data.splits import load_poisoned
 from modelsteal.data.splits import make_tf_dataset
 from modelsteal.data.splits import split_data
 
 __all__ = [
     'DATASETS', 'DataError', 'Dataset', 'DatasetUnavailableError',
-    'check_images', 'load_dataset', 'import_dataset', 'make_tf_dataset',
+    'check_images', 'load_dataset', 'load_poisoned', 'import_dataset', 'make_tf_dataset',
     'split_data',
 ]

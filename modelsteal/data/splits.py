@@ -50,6 +50,33 @@ def import_dataset(dataset: Dataset, workdir: str,
   return art
 
 
+def load_poisoned(path: str, workdir: str) -> Examples:
+  """A poisoned training set as an Examples artifact (splits `train`, `test`).
+
+  Takes the NTGA pipeline's artifact directory (or the run directory that
+  holds it as `poisoned/`), or an `.npz` in the exported form (`x_train`,
+  `y_train`, `x_test`, `y_test`, optional `idx_train`), which is imported
+  like any dataset (content-keyed, validated, atomic).
+
+  Raises:
+    DataError / ArtifactError: a path that is neither.
+  """
+  from modelsteal.data.sources import load_dataset  # pylint: disable=g-import-not-at-top
+  if not path:
+    raise ValueError('--poisoned is required: an NTGA artifact directory or '
+                     'an exported .npz.')
+  if os.path.isdir(path):
+    for cand in (path, os.path.join(path, 'poisoned')):
+      if os.path.exists(os.path.join(cand, 'artifact.json')):
+        return Examples.load(cand)
+    raise DataError(f'--poisoned {path!r}: no artifact.json; pass an Examples '
+                    'artifact directory or an .npz.')
+  ds = load_dataset(path)
+  with np.load(path) as z:
+    idx = z['idx_train'] if 'idx_train' in z.files else None
+  return import_dataset(ds, workdir, train_idx=idx)
+
+
 def split_indices(n: int, seed: int, victim_fraction: float,
                   heldout_fraction: float, min_size: int) -> dict[str, np.ndarray]:
   """Deterministic disjoint index sets `victim`, `pool`, `heldout`.
