@@ -90,6 +90,7 @@ def plot_histories(rows, path: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, data in zip(axes, ('poisoned', 'clean')):
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # > 10 defences, no repeats
     for r in rows:
       if r['data'] == data:
         h = r['history']
