@@ -32,6 +32,34 @@ from modelsteal.component import scratch_dir
 DEFAULT_TARGETS = ('ntga_fnn', 'ntga_fnn_relu', 'ntga_cnn')
 
 
+def matching_clean_rows(clean_x: np.ndarray, clean_y: np.ndarray,
+                        poisoned: dict, where: str = 'the poisoned set'):
+  """The clean images and labels at the poisoned train split's rows.
+
+  Rows are the split's `idx` (each row's index in the source training split),
+  or the first N when it has none. Checks that the rows exist, that the
+  labels there equal the poisoned labels (same source dataset) and that the
+  images have the same shape.
+
+  Raises:
+    ArtifactError: any of those checks fails, saying which.
+  """
+  n = len(poisoned['y'])
+  idx = np.asarray(poisoned['idx'], np.int64) if 'idx' in poisoned else (
+      np.arange(n))
+  if idx.size and (idx.min() < 0 or idx.max() >= len(clean_y)):
+    raise ArtifactError(f'{where} indexes rows outside the clean training '
+                        f'split of {len(clean_y)} images: wrong clean dataset?')
+  if not np.array_equal(np.asarray(clean_y)[idx], poisoned['y']):
+    raise ArtifactError(f'the labels of {where} differ from the clean '
+                        'dataset\'s at the same rows: it was made from '
+                        'another dataset (pass the right clean dataset).')
+  if clean_x.shape[1:] != poisoned['x'].shape[1:]:
+    raise ArtifactError('clean and poisoned images differ in shape: '
+                        f'{clean_x.shape[1:]} vs {poisoned["x"].shape[1:]}.')
+  return clean_x[idx], np.asarray(clean_y)[idx]
+
+
 def paired_training_sets(clean: Examples, poisoned: Examples):
   """(x_clean, x_poisoned, y, x_test, y_test) with matching rows."""
   p = poisoned.load_split('train')
@@ -39,20 +67,9 @@ def paired_training_sets(clean: Examples, poisoned: Examples):
     raise ArtifactError(f'{poisoned.uri!r}: the poisoned train split has no '
                         '`idx` (row indices in the source training split).')
   c = clean.load_split('train')
-  idx = np.asarray(p['idx'], np.int64)
-  if idx.size and (idx.min() < 0 or idx.max() >= len(c['y'])):
-    raise ArtifactError(f'{poisoned.uri!r} indexes rows outside the clean '
-                        f'training split of {len(c["y"])} images: wrong '
-                        '--dataset?')
-  if not np.array_equal(np.asarray(c['y'])[idx], p['y']):
-    raise ArtifactError(f'the labels of {poisoned.uri!r} differ from the '
-                        'clean dataset\'s at the same rows: it was made from '
-                        'another dataset (pass the right --dataset).')
-  if c['x'].shape[1:] != p['x'].shape[1:]:
-    raise ArtifactError('clean and poisoned images differ in shape: '
-                        f'{c["x"].shape[1:]} vs {p["x"].shape[1:]}.')
+  xc, _ = matching_clean_rows(c['x'], c['y'], p, repr(poisoned.uri))
   test = (poisoned if 'test' in poisoned.splits else clean).load_split('test')
-  return (c['x'][idx], p['x'], np.asarray(p['y'], np.int64), test['x'],
+  return (xc, p['x'], np.asarray(p['y'], np.int64), test['x'],
           np.asarray(test['y'], np.int64))
 
 

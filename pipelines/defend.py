@@ -69,19 +69,13 @@ def clean_counterpart(poisoned, clean: str, data_dir, workdir: str):
   """The same training rows (by `idx`), unpoisoned, with the same test set."""
   import dataclasses as dc  # pylint: disable=g-import-not-at-top
   from modelsteal import data as data_lib  # pylint: disable=g-import-not-at-top
+  from modelsteal.poison_eval import matching_clean_rows  # pylint: disable=g-import-not-at-top
   ds = data_lib.load_dataset(clean, data_dir)
-  tr = poisoned.load_split('train')
-  if 'idx' in tr:
-    rows = tr['idx']
-    if rows.max() >= len(ds.x_train):
-      raise data_lib.DataError(f'--clean {clean}: the poisoned set indexes row '
-                               f'{rows.max()}, the clean set has '
-                               f'{len(ds.x_train)}.')
-    ds = dc.replace(ds, x_train=ds.x_train[rows], y_train=ds.y_train[rows])
-  if ds.shape != tuple(tr['x'].shape[1:]):
-    raise data_lib.DataError(f'--clean {clean}: images {ds.shape} differ from '
-                             f'the poisoned set\'s {tuple(tr["x"].shape[1:])}.')
-  return data_lib.import_dataset(ds, workdir)
+  x, y = matching_clean_rows(ds.x_train, ds.y_train,
+                             poisoned.load_split('train'),
+                             f'--poisoned (against --clean {clean})')
+  return data_lib.import_dataset(dc.replace(ds, x_train=x, y_train=y),
+                                 workdir)
 
 
 def plot_histories(rows, path: str) -> str:

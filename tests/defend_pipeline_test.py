@@ -68,3 +68,17 @@ def test_defend_errors(poisoned_npz, tmp_path, capsys):
       defend.main(['defend'])
     assert e.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_clean_dataset_with_other_labels_is_refused(poisoned_npz, tmp_path,
+                                                    capsys):
+  poisoned, clean = poisoned_npz
+  z = dict(np.load(clean))
+  z['y_train'] = (z['y_train'] + 1) % 4  # another dataset's labels
+  other = tmp_path / 'other.npz'
+  np.savez(other, **z)
+  with flagsaver.flagsaver(poisoned=poisoned, clean=str(other), smoke=True,
+                           workdir=str(tmp_path / 'w')), \
+      pytest.raises(SystemExit) as e:
+    defend.main(['defend'])
+  assert e.value.code == 2 and 'labels of --poisoned' in capsys.readouterr().err

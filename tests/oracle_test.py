@@ -68,3 +68,11 @@ def test_corrupt_cache_part_is_set_aside_and_reasked(tmp_path, capsys):
   a = o.query(x)
   assert o.paid == 8 and a.shape == (8, 4)
   assert glob.glob(str(tmp_path / '*' / '*.corrupt'))
+
+
+def test_query_all_batches_like_query():
+  victim = CountingVictim()
+  x, _ = synthetic_images(25)
+  o = LocalOracle(victim, 'v', output='probs')
+  np.testing.assert_array_equal(o.query_all(x, batch_size=10), victim(x))
+  assert victim.calls == 1 + 3 and o.asked == 25  # 3 batches of <= 10

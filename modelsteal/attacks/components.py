@@ -153,10 +153,8 @@ def evaluate_model(*, splits: InputArtifact[Examples],
   if model.get('kind') == 'local':
     predictor = load_predictor(model['path'])
   else:  # a remote model is scored through its own (cached) oracle
-    model_oracle = make_oracle(model, output='probs',
-                               cache_dir=_answer_cache_dir())
-    predictor = lambda x: np.concatenate(  # pylint: disable=g-long-lambda
-        [model_oracle.query(x[i:i + 1024]) for i in range(0, len(x), 1024)])
+    predictor = make_oracle(model, output='probs',
+                            cache_dir=_answer_cache_dir()).query_all
   metrics = {}
   for source, split, suffix in ((splits, 'test', ''),
                                 (query_splits, 'heldout', '_heldout')):
@@ -164,8 +162,7 @@ def evaluate_model(*, splits: InputArtifact[Examples],
       continue
     data = source.load_split(split)
     mine = predictor(data['x']).argmax(1)
-    theirs = np.concatenate([victim_oracle.query(data['x'][i:i + 1024])
-                             for i in range(0, len(data['x']), 1024)]).argmax(1)
+    theirs = victim_oracle.query_all(data['x']).argmax(1)
     metrics['fidelity' + suffix] = float((mine == theirs).mean())
     if split == 'test':
       metrics['accuracy'] = float((mine == data['y']).mean())

@@ -110,6 +110,12 @@ class Oracle(abc.ABC):
     return np.stack(answers).astype(np.float32)
 
 
+  def query_all(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """`query` over any number of images, `batch_size` at a time."""
+    return np.concatenate([self.query(x[i:i + batch_size])
+                           for i in range(0, len(x), batch_size)])
+
+
 class LocalOracle(Oracle):
   """A victim in this process: any `modelsteal.export.Predictor`."""
 
