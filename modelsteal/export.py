@@ -103,6 +103,23 @@ def _as_probabilities(out: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=1, keepdims=True)
 
 
+def check_input_shape(expected, got, source: str) -> None:
+  """Raises ModelLoadError unless image shape `got` fits `expected`.
+
+  `expected` is a model's input shape without the batch axis; None (unknown
+  model) fits anything, and None or -1 (TF Serving's unknown) in one axis
+  fits any size there.
+  """
+  if expected is None:
+    return
+  expected, got = tuple(expected), tuple(got)
+  if len(expected) != len(got) or any(
+      e not in (None, -1) and e != g for e, g in zip(expected, got)):
+    raise ModelLoadError(f'{source} takes images of shape {expected}, but the '
+                         f'data has shape {got}; pick the dataset the model '
+                         'was trained for.')
+
+
 class Predictor:
   """images float32 (N, H, W, C) -> probabilities float32 (N, K)."""
 
@@ -113,15 +130,7 @@ class Predictor:
     self.source = source
 
   def check_input(self, shape: tuple) -> None:
-    if self.input_shape is None:
-      return
-    expected = tuple(self.input_shape)
-    got = tuple(shape)
-    if len(expected) != len(got) or any(
-        e is not None and e != g for e, g in zip(expected, got)):
-      raise ModelLoadError(f'{self.source} takes images of shape {expected}, '
-                           f'but the data has shape {got}; pick the dataset '
-                           'the model was trained for.')
+    check_input_shape(self.input_shape, shape, self.source)
 
   def __call__(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     self.check_input(x.shape[1:])

@@ -275,12 +275,8 @@ def _rest_victim(url: str, dataset) -> tuple[dict, str]:
   """The victim reference of a REST endpoint, checked against the data."""
   from modelsteal.oracle.rest import victim_ref_from_url  # pylint: disable=g-import-not-at-top
   ref = victim_ref_from_url(url, num_classes=dataset.num_classes)
-  shape = ref.get('input_shape')
-  if shape is not None and (len(shape) != len(dataset.shape) or any(
-      d not in (-1, g) for d, g in zip(shape, dataset.shape))):
-    raise ValueError(f'{ref["url"]} takes images of shape {tuple(shape)}, but '
-                     f'the data has shape {tuple(dataset.shape)}; pick the '
-                     'dataset the model was trained for.')
+  from modelsteal.export import check_input_shape  # pylint: disable=g-import-not-at-top
+  check_input_shape(ref.get('input_shape'), dataset.shape, ref['url'])
   name = ref['url'].split('/v1/models/', 1)[1].replace('/versions/', '@v')
   print(f'[steal] victim {ref["url"]}: version {ref["version"]}, '
         f'{ref["num_classes"]} classes (fingerprint {ref["fingerprint"][:12]})',
