@@ -27,6 +27,7 @@ from modelsteal.component import OutputArtifact
 from modelsteal.component import Parameter
 from modelsteal.component import component
 from modelsteal.component import scratch_dir
+from modelsteal.evaluation import plot_epoch_curves
 
 # The paper's MNIST targets (CIFAR-10 adds ResNet-18 and DenseNet-121).
 DEFAULT_TARGETS = ('ntga_fnn', 'ntga_fnn_relu', 'ntga_cnn')
@@ -90,36 +91,6 @@ def train_and_track(arch: str, x: np.ndarray, y: np.ndarray,
                                learning_rate=learning_rate),
                    seed=seed, verbose=0, callbacks=[cb])
   return cb.history
-
-
-def save_plot(path: str, curves: dict[tuple[str, str], list[float]],
-              title: str = '') -> None:
-  """PNG: clean-test accuracy per epoch, one panel per target."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  targets = sorted({t for t, _ in curves})
-  fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.2),
-                           squeeze=False)
-  for ax, target in zip(axes[0], targets):
-    for data_name, style in (('clean', '-o'), ('poisoned', '-s')):
-      acc = curves.get((target, data_name))
-      if acc:
-        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], style,
-                label=data_name, markersize=3)
-    ax.set_title(target)
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('clean test accuracy (%)')
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
 
 
 @component(version='1')
@@ -208,9 +179,12 @@ def evaluate_poison(*, clean: InputArtifact[Examples],
   df.to_json(evaluation.path('results.json'), orient='records', indent=1)
   pd.DataFrame(curve_rows).to_csv(evaluation.path('curves.csv'), index=False)
   props = poisoned.properties
-  save_plot(evaluation.path('accuracy.png'), curves,
-            title=f'{props.get("name", "poisoned")}: eps={props.get("eps")}, '
-                  f'surrogate={props.get("surrogate")}')
+  panels = {}
+  for (target, data_name), acc in sorted(curves.items()):
+    panels.setdefault(target, {})[data_name] = acc
+  plot_epoch_curves(evaluation.path('accuracy.png'), panels,
+                    title=f'{props.get("name", "poisoned")}: eps={props.get("eps")}, '
+                          f'surrogate={props.get("surrogate")}')
   evaluation.properties.update({
       'poisoned_uri': poisoned.uri, 'clean_uri': clean.uri,
       'targets': list(targets), 'epochs': epochs,

@@ -78,31 +78,6 @@ def clean_counterpart(poisoned, clean: str, data_dir, workdir: str):
                                  workdir)
 
 
-def plot_histories(rows, path: str) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for ax, data in zip(axes, ('poisoned', 'clean')):
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # > 10 defences, no repeats
-    for r in rows:
-      if r['data'] == data:
-        h = r['history']
-        ax.plot(range(1, len(h) + 1), [100 * v for v in h], marker='.',
-                label=r['defense'])
-    ax.set_title(f'trained on {data} data')
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('clean test accuracy (%)')
-    ax.grid(True, alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=110)
-  plt.close(fig)
-  os.replace(path + '.tmp.png', path)
-  return path
-
-
 def run(cfg: DefendConfig):
   """Runs the defence table; returns (DataFrame, output directory)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
@@ -150,10 +125,15 @@ def run(cfg: DefendConfig):
   df = pd.DataFrame(rows)
   name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
       [os.path.basename(os.path.normpath(cfg.poisoned)), target,
-       f'e{recipe["epochs"]}'] + (['smoke'] if cfg.smoke else [])))
+       f'e{recipe["epochs"]}', f'n{train_size or "all"}']
+      + (['smoke'] if cfg.smoke else [])))
   out_dir = os.path.join(wd, 'defend', name)
   csv_path, json_path = evaluation.save_results(df, out_dir)
-  plot = plot_histories(rows, os.path.join(out_dir, 'accuracy_per_epoch.png'))
+  plot = evaluation.plot_epoch_curves(
+      os.path.join(out_dir, 'accuracy_per_epoch.png'),
+      {f'trained on {data} data': {r['defense']: r['history'] for r in rows
+                                   if r['data'] == data}
+       for data in dict.fromkeys(r['data'] for r in rows)})
   table = df.pivot_table(index='defense', columns='data',
                          values=['accuracy', 'best_accuracy'], sort=False)
   print('\nclean-test accuracy (%) by defence:')

@@ -47,11 +47,52 @@ def format_table(df: pd.DataFrame) -> str:
   return show.to_string(index=False)
 
 
-def plot_budget_sweep(df: pd.DataFrame, path: str, title: str = '') -> str:
-  """Accuracy and fidelity of each student against the query budget (log x)."""
+def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save_figure(fig, path: str, dpi: int = 110) -> str:
+  """Writes a PNG atomically (temp name, then rename) and closes the figure."""
+  fig.tight_layout()
+  fig.savefig(path + '.tmp.png', dpi=dpi)
+  _pyplot().close(fig)
+  os.replace(path + '.tmp.png', path)
+  return path
+
+
+def plot_epoch_curves(path: str, panels: dict[str, dict[str, list[float]]],
+                      title: str = '') -> str:
+  """Clean-test accuracy per epoch: `{panel title: {curve label: [acc, ...]}}`.
+
+  Accuracies are fractions; one panel per key, side by side, shared y axis.
+  """
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, max(1, len(panels)),
+                           figsize=(5.5 * max(1, len(panels)), 4),
+                           sharey=True, squeeze=False)
+  for ax, (name, curves) in zip(axes[0], panels.items()):
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # > 10 curves, no repeats
+    for label, acc in curves.items():
+      ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker='.',
+              label=label)
+    ax.set_title(name)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('clean test accuracy (%)')
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    if curves:
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return _save_figure(fig, path)
+
+
+def plot_budget_sweep(df: pd.DataFrame, path: str, title: str = '') -> str:
+  """Accuracy and fidelity of each student against the query budget (log x)."""
+  plt = _pyplot()
   students = df[df['role'] == 'student']
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for ax, metric in zip(axes, ('accuracy', 'fidelity')):
@@ -70,8 +111,4 @@ def plot_budget_sweep(df: pd.DataFrame, path: str, title: str = '') -> str:
     ax.legend()
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=120)
-  plt.close(fig)
-  os.replace(path + '.tmp.png', path)
-  return path
+  return _save_figure(fig, path)
