@@ -47,17 +47,7 @@ def export_saved_model(model, base_dir: str, version: int | None = None,
   Returns:
     The version directory written.
   """
-  import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  os.makedirs(base_dir, exist_ok=True)
-  version = version or _next_version(base_dir)
-  final = os.path.join(base_dir, str(version))
-  tmp = os.path.join(base_dir, f'.tmp-{version}-{os.getpid()}')
-  shutil.rmtree(tmp, ignore_errors=True)
-  archive = keras.export.ExportArchive()
-  archive.track(model)
-  if isinstance(preprocess, keras.layers.Layer):
-    archive.track(preprocess)
   shape = [None, *model.input_shape[1:]]
 
   @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name='images')])
@@ -67,6 +57,32 @@ def export_saved_model(model, base_dir: str, version: int | None = None,
     return {'probabilities': probs,
             'label': tf.argmax(probs, axis=-1, output_type=tf.int64)}
 
+  return write_serving_archive(base_dir, serve, [model, preprocess], version)
+
+
+def write_serving_archive(base_dir: str, serve, trackables: list,
+                          version: int | None = None) -> str:
+  """Writes `<base_dir>/<version>/` with `serve` as `serving_default`.
+
+  Args:
+    base_dir: the model's base directory.
+    serve: a `tf.function` with an input signature.
+    trackables: the Keras models/layers whose variables `serve` uses (others,
+      e.g. None or plain functions, are skipped).
+    version: version number (default: one above the highest present).
+
+  The archive is written under a temporary name and renamed into place.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  os.makedirs(base_dir, exist_ok=True)
+  version = version or _next_version(base_dir)
+  final = os.path.join(base_dir, str(version))
+  tmp = os.path.join(base_dir, f'.tmp-{version}-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  archive = keras.export.ExportArchive()
+  for t in trackables:
+    if isinstance(t, keras.layers.Layer):
+      archive.track(t)
   archive.add_endpoint('serving_default', serve)
   archive.write_out(tmp, verbose=False)
   if os.path.exists(final):

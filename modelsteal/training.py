@@ -25,6 +25,7 @@ class TrainConfig:
   augment: bool = False  # random +-10% translations
   weight_decay: float = 0.0
   label_smoothing: float = 0.0
+  schedule: str = 'cosine'  # or 'constant' (SWAG's weight-collection phase)
 
 
 def translation_augmenter(seed: int, fraction: float = 0.1):
@@ -83,8 +84,14 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
     if model is None:
       model = models.build(arch, x.shape[1:], num_classes)
     trainer = wrap(model) if wrap else model
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=steps * config.epochs)
+    if config.schedule == 'cosine':
+      schedule = keras.optimizers.schedules.CosineDecay(
+          config.learning_rate, decay_steps=steps * config.epochs)
+    elif config.schedule == 'constant':
+      schedule = config.learning_rate
+    else:
+      raise ValueError(f"schedule must be 'cosine' or 'constant', got "
+                       f'{config.schedule!r}.')
     if config.weight_decay:
       opt = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
     else:
