@@ -37,7 +37,11 @@ class UQSpec:
     return dict(self.options)
 
   def __str__(self) -> str:
-    opts = ''.join(f':{k}={_fmt(v)}' for k, v in self.options)
+    """Canonical: options that differ from the defaults, sorted."""
+    from modelsteal.uq import UQ_METHODS  # pylint: disable=g-import-not-at-top
+    defaults = UQ_METHODS[self.method].OPTIONS
+    opts = ''.join(f':{k}={_fmt(v)}' for k, v in self.options
+                   if float(v) != float(defaults[k]))
     return f'{self.method}:{"+".join(self.archs)}{opts}'
 
 
@@ -193,13 +197,13 @@ class FitContext:
     probe_x: fixed probe images (P, H, W, C) for the diversity trace.
     probe_every: log the trace every this many optimizer steps.
     strategy: tf.distribute strategy (None: current).
-    verbose: Keras verbosity for training.
+    verbose: `train_classifier`'s verbosity (None: its default).
   """
   scratch: str
   probe_x: np.ndarray | None = None
   probe_every: int = 50
   strategy: object = None
-  verbose: int = 0
+  verbose: int | None = None
 
 
 def probe_logger(ctx: FitContext, probs_fn: Callable[..., np.ndarray],
@@ -222,12 +226,15 @@ def probe_logger(ctx: FitContext, probs_fn: Callable[..., np.ndarray],
     def _step(self) -> int:
       return int(self.model.optimizer.iterations.numpy()) + step_offset
 
-    def on_train_begin(self, logs=None):
-      if os.path.exists(path):  # resumed: keep what the restored epochs logged
+    def restore(self, upto: int | None = None) -> None:
+      """Loads the saved trace (of a resumed run), up to step `upto`."""
+      if os.path.exists(path):
         with np.load(path) as z:
-          now = self._step()
           self.records = [(int(s), z[f'p{i}']) for i, s in
-                          enumerate(z['steps']) if s <= now]
+                          enumerate(z['steps']) if upto is None or s <= upto]
+
+    def on_train_begin(self, logs=None):
+      self.restore(self._step())  # resumed: what the restored epochs logged
       if not self.records or self.records[-1][0] < self._step():
         self._log()
 

@@ -56,14 +56,14 @@ def fit(spec, x, targets, num_classes, recipe, seed, ctx):
       m = models.build(arch, x.shape[1:], num_classes)
       m.load_weights(weights)
       if logger is not None:
-        logger.model = m
-        logger.on_train_begin()  # loads the saved trace
+        logger.restore()
     else:
       idx = (np.random.default_rng(mseed).integers(0, len(x), len(x))
              if spec.opts['bootstrap'] else np.arange(len(x)))
       m = train_classifier(
           arch, x[idx], targets[idx], num_classes, recipe, seed=mseed,
           strategy=ctx.strategy, verbose=ctx.verbose,
+          desc=f'train {spec} member {i + 1}/{num_samples(spec)}',
           backup_dir=os.path.join(ctx.scratch, f'backup_{i}'),
           callbacks=[logger] if logger else [])
       if logger is not None:

@@ -70,6 +70,7 @@ def fit_single(build_fn, spec, x, targets, num_classes, recipe, seed, ctx,
   logger = base.probe_logger(ctx, probe_fn, 'model')
   train_fn(spec.archs[0], x, targets, num_classes, recipe, seed=seed,
            model=model, strategy=ctx.strategy, verbose=ctx.verbose,
+           desc=f'train {spec}',
            backup_dir=os.path.join(ctx.scratch, 'backup'),
            callbacks=[logger] if logger else [])
   student = base.UQStudent(spec, [model], num_classes, seed, x.shape[1:])

@@ -153,11 +153,11 @@ def fit(spec, x, targets, num_classes, recipe, seed, ctx, probe_samples=5):
   if os.path.exists(pre):
     model.load_weights(pre)
     if logger1 is not None:
-      logger1.model = model
-      logger1.on_train_begin()
+      logger1.restore()
   else:
     train_classifier(arch, x, targets, num_classes, recipe, seed=seed,
                      model=model, strategy=ctx.strategy, verbose=ctx.verbose,
+                     desc=f'train {spec} (before collecting)',
                      backup_dir=os.path.join(ctx.scratch, 'backup_pre'),
                      callbacks=[logger1] if logger1 else [])
     if logger1 is not None:
@@ -194,17 +194,14 @@ def fit(spec, x, targets, num_classes, recipe, seed, ctx, probe_samples=5):
   if not os.path.exists(done):  # else finished before an interruption
     train_classifier(arch, x, targets, num_classes, swa_recipe, seed=seed + 1,
                      model=model, strategy=ctx.strategy, verbose=ctx.verbose,
+                     desc=f'train {spec} (collecting weights)',
                      backup_dir=os.path.join(ctx.scratch, 'backup_swag'),
                      callbacks=[collector] + ([logger2] if logger2 else []))
     if logger2 is not None:
       logger2.save()
     open(done, 'w').close()
   elif logger2 is not None:
-    logger2.model = model
-    logger2.on_train_begin = lambda logs=None: None
-    with np.load(os.path.join(ctx.scratch, 'trace_swag.npz')) as z:
-      logger2.records = [(int(s), z[f'p{i}'])
-                         for i, s in enumerate(z['steps'])]
+    logger2.restore()
   # The samples: fixed by the seed, BatchNorm re-estimated for each.
   rng = np.random.default_rng(seed)
   members = build(spec, x.shape[1:], num_classes, seed)
