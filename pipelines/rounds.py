@@ -1,0 +1,99 @@
+"""Round-based (active) stealing for `pipelines.steal --rounds=R`.
+
+    python -m pipelines.steal --victim=mnist_cnn --query_strategy=entropy \
+        --budget=3000 --rounds=6 [--seed_size=500]
+    python -m pipelines.steal --query_strategy=random,margin,kcenter --rounds=5
+
+Per strategy: a random seed set (`label_queries`), then rounds of
+`label_round` (the strategy picks with the student of the round before)
+each followed by training the first `--students` entry on every answer so
+far and scoring it. Every step is a cached component run, so an interrupted
+run resumes at the round it stopped in and a rerun pays nothing. Writes
+`rounds.csv` / `rounds.json` (fidelity, accuracy, queries paid, and seconds
+spent selecting, labeling and training per round) and `rounds.png`
+(fidelity against queries paid, one line per strategy).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+
+def run(cfg, strategies: list[str], prepare, train_student):
+  """Runs each strategy's rounds; returns (per-round DataFrame, out dir).
+
+  `prepare` and `train_student` are `pipelines.steal`'s (passed in: that
+  module may be `__main__`, and importing it again would define its flags
+  twice).
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
+  from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks import label_queries  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks.active import label_round, round_sizes  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks.strategies import NEEDS_UQ  # pylint: disable=g-import-not-at-top
+  from modelsteal import uq  # pylint: disable=g-import-not-at-top
+
+  started = time.time()
+  p = prepare(cfg)
+  if len(p.budgets) != 1:
+    raise ValueError('--rounds takes one --budget (the total), not a '
+                     '--budgets sweep.')
+  budget = p.budgets[0]
+  sizes = round_sizes(budget, cfg.rounds, cfg.seed_size)
+  arch = p.students[0]
+  student_samples = (uq.UQ_METHODS[uq.parse_spec(arch).method].num_samples(
+      uq.parse_spec(arch)) if uq.is_uq_spec(arch) else 1)
+  for s in strategies:
+    if s in NEEDS_UQ and student_samples < 2:
+      raise ValueError(f'query strategy {s!r} needs a UQ student with several '
+                       'members as the first --students entry, e.g. '
+                       f'--students=ensemble:{arch} or mcdropout:{arch}; got '
+                       f'{arch!r}.')
+  rows = []
+  for strategy in strategies:
+    lab = label_queries.run(p.wd, splits=p.query_splits, victim=p.victim_ref,
+                            output=cfg.output, budget=sizes[0],
+                            strategy='random', seed=cfg.seed)
+    p.steps.record(f'{strategy} round 0: seed set of {sizes[0]}', lab)
+    labeled, timing = lab['labeled'], {'select_s': 0.0,
+                                       'label_s': lab.duration_s}
+    for r, size in enumerate(sizes):
+      if r:
+        res = label_round.run(
+            p.wd, splits=p.query_splits, previous=labeled, student=model,
+            victim=p.victim_ref, output=cfg.output, n=size - sizes[r - 1],
+            strategy=strategy, seed=cfg.seed, round_index=r)
+        p.steps.record(f'{strategy} round {r}: +{size - sizes[r - 1]} queries',
+                       res)
+        labeled = res['labeled']
+        timing = {k: labeled.properties[k] for k in ('select_s', 'label_s')}
+      row = train_student(p, cfg, labeled, arch, size)
+      model = Model.load(row.pop('model_dir'))
+      rows.append({'strategy': strategy, 'round': r, 'queries': size,
+                   **row, **timing})
+  df = evaluation.results_frame(rows, [
+      'strategy', 'round', 'queries', 'queries_paid', 'fidelity', 'accuracy',
+      'fidelity_heldout', 'select_s', 'label_s', 'train_s'])
+  run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
+      [p.victim_name, cfg.output, cfg.query_data or 'same', f'b{budget}',
+       f'r{cfg.rounds}', '_'.join(strategies), f's{cfg.seed}'] +
+      (['smoke'] if cfg.smoke else [])))
+  out_dir = os.path.join(p.wd, 'steal_rounds', run_name)
+  csv_path, json_path = evaluation.save_results(df, out_dir, stem='rounds')
+  p.steps.save(out_dir)
+  show = df[['strategy', 'round', 'queries', 'queries_paid', 'fidelity',
+             'accuracy', 'fidelity_heldout', 'select_s', 'label_s',
+             'train_s']]
+  print('\n' + evaluation.format_table(show))
+  print('queries: answers the student learned from (the budget spent so far);'
+        ' select_s / label_s / train_s: seconds choosing, labeling, training.')
+  plot = evaluation.plot_rounds(
+      df, os.path.join(out_dir, 'rounds.png'),
+      title=f'round-based stealing of {p.victim_name} ({cfg.output} answers, '
+      f'student {arch})')
+  print(f'\nplot:     {plot}\nresults:  {csv_path}\n          {json_path}')
+  print(f'total time {time.time() - started:.1f}s', flush=True)
+  return pd.DataFrame(df), out_dir

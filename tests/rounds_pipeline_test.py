@@ -1,0 +1,115 @@
+"""Round-based stealing (`pipelines.steal --rounds`): exact budgets, one
+component per round, resume without paying twice, clear errors."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from absl.testing import flagsaver
+
+from modelsteal import training
+from modelsteal.oracle import base as oracle_base
+from pipelines import steal
+
+
+def _main(**flags):
+  with flagsaver.flagsaver(**flags):
+    steal.main(['steal'])
+
+
+def _rounds(workdir):
+  path, = glob.glob(os.path.join(workdir, 'steal_rounds', '*', 'rounds.csv'))
+  return pd.read_csv(path), os.path.dirname(path)
+
+
+def _common(tiny_npz, wd, **kw):
+  return dict(victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,
+              budget=90, rounds=3, students=['mnist_mlp'], **kw)
+
+
+@pytest.fixture
+def paid(monkeypatch):
+  """Counts every image actually sent to a local victim."""
+  sent = []
+  real = oracle_base.LocalOracle._ask
+
+  def counting(self, x):
+    sent.append(len(x))
+    return real(self, x)
+
+  monkeypatch.setattr(oracle_base.LocalOracle, '_ask', counting)
+  return sent
+
+
+def test_rounds_respect_the_budget_and_write_table_and_plot(tiny_npz,
+                                                            tmp_path):
+  wd = str(tmp_path)
+  _main(**_common(tiny_npz, wd, query_strategy='random,margin,kcenter'))
+  df, out_dir = _rounds(wd)
+  assert list(df['strategy']) == ['random'] * 3 + ['margin'] * 3 + [
+      'kcenter'] * 3
+  assert list(df['queries'][:3]) == [30, 60, 90]
+  assert df['fidelity'].between(0, 1).all()
+  assert {'select_s', 'label_s', 'train_s'} <= set(df.columns)
+  assert os.path.exists(os.path.join(out_dir, 'rounds.png'))
+  # every round's labeled set: the budget so far, distinct pool images
+  for p in glob.glob(os.path.join(wd, 'label_round', '*', 'labeled')):
+    props = json.load(open(os.path.join(p, 'artifact.json')))['properties']
+    idx = np.load(os.path.join(p, 'train.npz'))['idx']
+    assert len(idx) == props['budget'] == len(set(idx.tolist()))
+    assert props['budget'] in (60, 90) and props['queries_asked'] == props[
+        'budget']
+
+
+def test_interrupted_rounds_resume_and_pay_nothing_twice(tiny_npz, tmp_path,
+                                                         monkeypatch, paid):
+  flags = _common(tiny_npz, str(tmp_path / 'a'), query_strategy='entropy')
+  real = training.train_classifier
+  calls = []
+
+  def interrupt_third_student(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:  # victim, round 0, round 1, round 2 <- here
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(training, 'train_classifier', interrupt_third_student)
+  with pytest.raises(SystemExit):
+    _main(**flags)
+  monkeypatch.setattr(training, 'train_classifier', real)
+  _main(**flags)
+  victim_eval = 100 + 20  # scoring: test split, attacker held-out split
+  answers_paid = sum(paid) - victim_eval
+  assert answers_paid == 90, paid
+  resumed, _ = _rounds(str(tmp_path / 'a'))
+  paid.clear()
+  _main(**_common(tiny_npz, str(tmp_path / 'b'), query_strategy='entropy'))
+  straight, _ = _rounds(str(tmp_path / 'b'))
+  pd.testing.assert_series_equal(resumed['fidelity'], straight['fidelity'])
+  assert list(resumed['queries_paid']) == list(straight['queries_paid'])
+
+
+def test_bald_with_a_uq_student(tiny_npz, tmp_path):
+  wd = str(tmp_path)
+  _main(**{**_common(tiny_npz, wd, query_strategy='bald'), 'rounds': 2,
+           'students': ['mcdropout:mnist_mlp:samples=4']})
+  df, _ = _rounds(wd)
+  assert list(df['queries']) == [45, 90]
+
+
+@pytest.mark.parametrize('flags, match', [
+    (dict(query_strategy='psychic'), 'unknown query strategy'),
+    (dict(query_strategy='bald'), 'needs a UQ student'),
+    (dict(query_strategy='entropy', rounds=1), 'needs --rounds of 2'),
+    (dict(query_strategy='margin', seed_size=500), '--seed_size must be'),
+])
+def test_bad_round_input_one_error_line(tiny_npz, tmp_path, capsys, flags,
+                                        match):
+  with pytest.raises(SystemExit) as e:
+    _main(**{**_common(tiny_npz, str(tmp_path)), **flags})
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert 'steal: error:' in err and match in err and 'Traceback' not in err
