@@ -152,8 +152,11 @@ def run(cfg: UQConfig):
   out_dir = os.path.join(p.wd, 'uq', run_name)
   csv_path, json_path = evaluation.save_results(df, out_dir)
   p.steps.save(out_dir)
-  show = df[columns[:12]].rename(columns=lambda c: c.replace(
-      'member_', 'm_').replace('fidelity', 'fid').replace('accuracy', 'acc'))
+  show = df[columns[1:12]].copy()
+  for c in columns[7:12]:
+    show[c] = show[c].map(lambda v: f'{100 * v:.2f}%')
+  show = show.rename(columns=lambda c: c.replace('member_', 'm_').replace(
+      'fidelity', 'fid').replace('accuracy', 'acc').replace('arch', 'student'))
   print('\n' + evaluation.format_table(show))
   print('fid/acc: the combined prediction (mean of the samples); m_*_best '
         '/ m_*_mean: the best (picked on test) and the mean single member; '

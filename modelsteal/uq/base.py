@@ -121,6 +121,7 @@ class UQStudent:
     self.num_classes = int(num_classes)
     self.seed = int(seed)
     self.input_shape = tuple(input_shape)
+    self._probs_fn = None
 
   @property
   def method(self):
@@ -138,9 +139,15 @@ class UQStudent:
   def sample_probs(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Softmax of every sample, float32 (S, N, K)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if getattr(self, '_probs_fn', None) is None:
+      # Traced once (the S samples unrolled, as in the export): graph mode
+      # is ~3x faster than S eager passes per batch.
+      self._probs_fn = tf.function(
+          lambda b: tf.nn.softmax(self.sample_logits(b), axis=-1),
+          input_signature=[tf.TensorSpec([None, *self.input_shape],
+                                         tf.float32)])
     x = np.asarray(x, np.float32)
-    outs = [tf.nn.softmax(self.sample_logits(tf.constant(x[i:i + batch_size])),
-                          axis=-1).numpy()
+    outs = [self._probs_fn(tf.constant(x[i:i + batch_size])).numpy()
             for i in range(0, len(x), batch_size)]
     return np.concatenate(outs, axis=1).astype(np.float32)
 
@@ -247,6 +254,11 @@ def probe_logger(ctx: FitContext, probs_fn: Callable[..., np.ndarray],
         self._log()
 
     def on_epoch_end(self, epoch, logs=None):
+      self.save()
+
+    def on_train_end(self, logs=None):
+      if not self.records or self.records[-1][0] < self._step():
+        self._log()  # the trained state, also between two logging steps
       self.save()
 
     def save(self):
