@@ -221,11 +221,15 @@ class Component:
 
   def run(self, workdir: str, **kwargs) -> RunResult:
     """Runs the component under `workdir`, or reuses a finished identical run."""
+    from modelsteal import distribute  # pylint: disable=g-import-not-at-top
     inputs, params = self._split_kwargs(kwargs)
     fp = self.fingerprint(inputs, params)
+    # A non-chief worker of a multi-worker run writes to a private directory.
+    workdir = distribute.worker_workdir(workdir)
     base = os.path.join(workdir, self.name)
     final = os.path.join(base, fp[:16])
     record_path = os.path.join(final, 'execution.json')
+    reused = None
     if os.path.exists(record_path):
       try:
         with open(record_path) as f:
@@ -233,11 +237,18 @@ class Component:
         if record.get('status') == 'complete':
           outputs = {n: t.load(os.path.join(final, n))
                      for n, t in self.outputs.items()}
-          return RunResult(self.name, outputs, True,
-                           float(record.get('duration_s', 0.0)), final)
+          reused = RunResult(self.name, outputs, True,
+                             float(record.get('duration_s', 0.0)), final)
       except (ValueError, OSError, artifacts_lib.ArtifactError) as e:
         print(f'[modelsteal] {final}: unreadable earlier run ({e}); running '
               'again.')
+    # Workers reuse a step only together: one training alone would leave the
+    # others waiting for its collectives.
+    if distribute.all_agree(reused is not None):
+      return reused
+    if reused is not None:
+      print(f'[modelsteal] {self.name}: another worker has no finished run of '
+            'this step; running it again on every worker.', flush=True)
     os.makedirs(base, exist_ok=True)
     tmp = os.path.join(base, f'.tmp-{fp[:16]}-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)

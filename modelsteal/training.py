@@ -26,6 +26,12 @@ class TrainConfig:
   weight_decay: float = 0.0
   label_smoothing: float = 0.0
   schedule: str = 'cosine'  # or 'constant' (SWAG's weight-collection phase)
+  # Batches per compiled call (Keras `steps_per_execution`): 32 or more keeps
+  # a TPU busy; 1 elsewhere.
+  steps_per_execution: int = 1
+  # XLA-compile the training step: None lets Keras decide (off on CPU and
+  # under tf.distribute); True also makes every batch the same shape.
+  jit_compile: bool | None = None
 
 
 def translation_augmenter(seed: int, fraction: float = 0.1):
@@ -66,6 +72,7 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from modelsteal import distribute as distribute_lib  # pylint: disable=g-import-not-at-top
   from modelsteal import models  # pylint: disable=g-import-not-at-top
   from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
 
@@ -79,7 +86,13 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   else:
     targets = np.asarray(targets, np.int64)
   keras.utils.set_random_seed(seed)
-  steps = max(1, math.ceil(len(x) / config.batch_size))
+  # The recipe's batch is the global batch, split evenly over the replicas
+  # (and, under `multiworker`, over the workers: tf.data shards it by
+  # element). Static shapes (TPU, XLA): every batch full, the data repeated.
+  batch_size = distribute_lib.global_batch_size(config.batch_size, strategy)
+  static = (distribute_lib.needs_static_shapes(strategy) or
+            bool(config.jit_compile))
+  steps = max(1, math.ceil(len(x) / batch_size))
   with strategy.scope():
     if model is None:
       model = models.build(arch, x.shape[1:], num_classes)
@@ -101,17 +114,27 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
           from_logits=True, label_smoothing=config.label_smoothing)
     else:
       loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    trainer.compile(optimizer=opt, loss=loss)
+    trainer.compile(optimizer=opt, loss=loss,
+                    steps_per_execution=config.steps_per_execution,
+                    jit_compile=('auto' if config.jit_compile is None else
+                                 config.jit_compile))
   augment = translation_augmenter(seed) if config.augment else None
-  ds = make_tf_dataset(x, targets, config.batch_size, shuffle=True, seed=seed,
-                       augment=augment)
+  ds = make_tf_dataset(x, targets, batch_size, shuffle=True, seed=seed,
+                       augment=augment, repeat=static, drop_remainder=static)
   if pair_augment is not None:
     ds = ds.map(pair_augment, num_parallel_calls=tf.data.AUTOTUNE)
   callbacks = list(callbacks)
   if backup_dir:
     callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
-  trainer.fit(ds, epochs=config.epochs, verbose=verbose, callbacks=callbacks,
-              shuffle=False)  # tf.data shuffles
+  try:
+    trainer.fit(ds, epochs=config.epochs, verbose=verbose,
+                callbacks=callbacks, shuffle=False,  # tf.data shuffles
+                steps_per_epoch=steps if static else None)
+  except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+          tf.errors.CancelledError, tf.errors.AbortedError) as e:
+    if distribute_lib.is_multiworker():
+      raise distribute_lib.lost_worker_error(e) from e
+    raise
   return model
 
 

@@ -25,7 +25,7 @@ TRAIN_SIZE = flags.DEFINE_integer(
     'reduced problem. In pipelines.ntga, the number of images poisoned.')
 DISTRIBUTE = flags.DEFINE_string('distribute', 'default',
                                  'tf.distribute strategy: default, mirrored, '
-                                 'tpu.')
+                                 'multiworker (from TF_CONFIG), tpu.')
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

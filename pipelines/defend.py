@@ -93,7 +93,8 @@ def run(cfg: DefendConfig):
                    f'{", ".join(sorted(TARGETS))} or an architecture: '
                    f'{", ".join(sorted(models.ARCHITECTURES))}.')
   distribute.use(cfg.distribute)
-  wd = os.path.abspath(cfg.workdir)
+  # Non-chief workers of a multi-worker run write to a private directory.
+  wd = distribute.worker_workdir(os.path.abspath(cfg.workdir))
   poisoned = data_lib.load_poisoned(cfg.poisoned, wd)
   sets = [('poisoned', poisoned)]
   if cfg.clean:

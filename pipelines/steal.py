@@ -144,7 +144,8 @@ def run(cfg: StealConfig):
       raise KeyError(f'unknown student architecture {s!r}; valid: '
                      f'{", ".join(sorted(models.ARCHITECTURES))}.')
   distribute.use(cfg.distribute)
-  wd = os.path.abspath(cfg.workdir)
+  # Non-chief workers of a multi-worker run write to a private directory.
+  wd = distribute.worker_workdir(os.path.abspath(cfg.workdir))
   steps = _Steps()
 
   # Data: the victim's dataset, split into the victim's half and the

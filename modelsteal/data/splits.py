@@ -26,6 +26,8 @@ def import_dataset(dataset: Dataset, workdir: str,
   Reused when the same content was imported before; written to a temporary
   directory and renamed, so an interrupted import is never taken for finished.
   """
+  from modelsteal import distribute  # pylint: disable=g-import-not-at-top
+  workdir = distribute.worker_workdir(workdir)  # chief-only writes
   fp = dataset.fingerprint
   if train_idx is not None:
     import hashlib  # pylint: disable=g-import-not-at-top
@@ -133,7 +135,8 @@ def split_data(*, examples: InputArtifact[Examples],
 
 def make_tf_dataset(x: np.ndarray, y: np.ndarray | None = None,
                     batch_size: int = 128, shuffle: bool = False,
-                    seed: int = 0, augment=None, repeat: bool = False):
+                    seed: int = 0, augment=None, repeat: bool = False,
+                    drop_remainder: bool = False):
   """A batched, prefetched tf.data pipeline over in-memory arrays.
 
   Args:
@@ -145,6 +148,11 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray | None = None,
     augment: optional function (images batch) -> images batch, applied after
       batching (vectorised, cheaper than per example).
     repeat: repeat forever.
+    drop_remainder: drop a partial last batch (static batch shapes).
+
+  Under a multi-worker strategy each worker keeps its share of every batch
+  (sharding by element, `AutoShardPolicy.DATA`): in-memory arrays have no
+  files to shard by.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
@@ -152,11 +160,14 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray | None = None,
     ds = ds.shuffle(min(len(x), 60000), seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.batch(batch_size)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if augment is not None:
     if y is None:
       ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     else:
       ds = ds.map(lambda a, b: (augment(a), b),
                   num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
