@@ -24,7 +24,8 @@ NTGA = [
 ]
 SERVE = ['aiohttp>=3.9', 'requests>=2.31',
          'orjson>=3.9']  # optional speed-up of JSON; json is the fallback
-TEST = ['pytest>=8']
+# nbclient, nbformat, ipykernel: tests/notebooks_test.py runs the notebooks.
+TEST = ['pytest>=8', 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29']
 
 setuptools.setup(
     name='modelsteal',
