@@ -17,6 +17,9 @@ Variants:
     --output=probs | label | topk:3 | rounded:2        what the victim reveals
     --budgets=100,1000,10000                           sweep, with a PNG plot
     --query_data=fashion_mnist                         knockoff-style queries
+    --query_data=generator:cvae                        generated queries (a
+                                 generator name, SavedModel path or URL;
+                                 pipelines/synthetic.py)
     --victim_path=PATH --dataset=mnist                 your own victim
     --victim_url=http://127.0.0.1:8501/v1/models/NAME --dataset=mnist
                                  a victim behind a TF-Serving REST endpoint
@@ -163,7 +166,12 @@ def run(cfg: StealConfig):
   steps.record('split_data', split)
   splits = split['splits']
   query_splits = splits
-  if cfg.query_data and cfg.query_data != (cfg.dataset or spec.dataset):
+  if (cfg.query_data or '').startswith('generator:'):
+    # Generated queries: mined into an ordinary Examples artifact (pool,
+    # heldout) that the victim labels like any other.
+    from pipelines import synthetic  # pylint: disable=g-import-not-at-top
+    query_splits = synthetic.generated_queries(cfg, dataset, wd, steps)
+  elif cfg.query_data and cfg.query_data != (cfg.dataset or spec.dataset):
     qds = data_lib.load_dataset(cfg.query_data, cfg.data_dir)
     if cfg.smoke:
       qds = _shrink(qds)

@@ -1,0 +1,122 @@
+"""`python -m pipelines.train_generator`, `pipelines.synthetic` and
+`pipelines.steal --query_data=generator:...` in smoke mode; bad input.
+
+One workdir for the module: the smoke generator is trained once and reused
+by the later tests, as a user's second command would reuse it.
+"""
+
+import glob
+import json
+import os
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+from absl.testing import flagsaver
+
+from modelsteal.synthetic import cvae
+from modelsteal.synthetic import rest
+from pipelines import steal
+from pipelines import synthetic
+from pipelines import train_generator
+
+
+@pytest.fixture(scope='module')
+def wd(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('synthetic_wd'))
+
+
+def _run(module, **flags):
+  with flagsaver.flagsaver(**flags):
+    module.main([module.__name__])
+
+
+def test_train_generator_smoke_then_reuse(wd, capsys):
+  _run(train_generator, dataset='offline_mnist', smoke=True, workdir=wd)
+  out = capsys.readouterr().out
+  assert 'sampling rate' in out and 'images/s' in out
+  path = out.split('SavedModel     ')[1].split()[0]
+  assert os.path.exists(os.path.join(path, 'saved_model.pb'))
+  assert glob.glob(os.path.join(wd, 'train_generator', '*', 'samples.png'))
+  _run(train_generator, dataset='offline_mnist', smoke=True, workdir=wd)
+  assert '): reused' in capsys.readouterr().out
+
+
+def test_synthetic_smoke_table_sweep_and_grid(wd, capsys):
+  _run(synthetic, generator='cvae', dataset='offline_mnist', smoke=True,
+       workdir=wd, per_class=5, sweep=['3'], classifiers=['mnist_mlp'])
+  out = capsys.readouterr().out
+  run_dir, = glob.glob(os.path.join(wd, 'synthetic', '*'))
+  df = pd.read_csv(os.path.join(run_dir, 'results.csv'))
+  assert list(df['per_class']) == [3, 5]
+  assert list(df['classifier']) == ['mnist_mlp'] * 2
+  assert (df['filter'] == 'none').all()
+  assert df['acc_generated'].between(0, 1).all()
+  assert df['acc_real'].between(0, 1).all()
+  assert 'acc_generated' in out and 'gap_points' in out
+  with open(os.path.join(run_dir, 'results.json')) as f:
+    assert len(json.load(f)) == 2
+  for png in ('samples.png', 'per_class_sweep.png'):
+    assert os.path.getsize(os.path.join(run_dir, png)) > 1000
+  mined = glob.glob(os.path.join(wd, 'mine_images', '*', 'mined'))
+  sizes = sorted(json.load(open(os.path.join(m, 'artifact.json')))[
+      'properties']['sizes']['train'] for m in mined)
+  assert sizes == [30, 50]
+
+
+def test_steal_with_generated_queries_labels_them_through_the_oracle(wd):
+  _run(steal, victim='mnist_mlp', dataset='offline_mnist', smoke=True,
+       workdir=wd, query_data='generator:cvae', budget=40,
+       students=['mnist_mlp'])
+  results, = glob.glob(os.path.join(wd, 'steal', '*generator_cvae*',
+                                    'results.csv'))
+  df = pd.read_csv(results)
+  assert list(df['role']) == ['victim', 'student']
+  assert df['queries_paid'].iloc[1] == 40
+  lab, = glob.glob(os.path.join(wd, 'label_queries', '*', 'labeled'))
+  from modelsteal.artifacts import Examples  # pylint: disable=g-import-not-at-top
+  data = Examples.load(lab).load_split('train')
+  assert set(np.unique(data['x'])) <= {0.0, 1.0}  # generated (Bernoulli)
+  np.testing.assert_array_equal(data['y'], data['answers'].argmax(1))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _expect_error(capsys, match, **flags):
+  with pytest.raises(SystemExit) as e:
+    _run(synthetic, **flags)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if 'error:' in l]
+  assert len(lines) == 1 and lines[0].startswith('synthetic: error:'), err
+  assert match in lines[0], err
+  assert 'Traceback' not in err
+
+
+def test_bad_input_is_one_clear_error_line(wd, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(rest, '_sleep', lambda s: None)
+  common = dict(dataset='offline_mnist', smoke=True, workdir=wd,
+                classifiers=['mnist_mlp'], per_class=3)
+  _expect_error(capsys, "unknown generator 'dall-e'",
+                **{**common, 'generator': 'dall-e'})
+  _expect_error(capsys, '--per_class: images per class must be at least 1',
+                **{**common, 'generator': 'cvae', 'per_class': 0})
+  _expect_error(capsys, 'unreachable or failing',
+                **{**common, 'generator': f'http://127.0.0.1:{_free_port()}'
+                   '/v1/images/generations'})
+  # a generator of 28x28 images whose classes are letters, not digits
+  model = cvae.build_cvae((28, 28, 1), 10, latent_dim=2, hidden=(8,))
+  path = cvae.export_generator(model, str(tmp_path / 'letters'),
+                               list('abcdefghij'))
+  _expect_error(capsys, "does not know the class '0'",
+                **{**common, 'generator': path})
+  with pytest.raises(SystemExit):
+    _run(steal, victim='mnist_mlp', dataset='offline_mnist', smoke=True,
+         workdir=wd, query_data='generator:nothing-here')
+  assert "steal: error: unknown generator 'nothing-here'" in (
+      capsys.readouterr().err)
