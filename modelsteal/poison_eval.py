@@ -77,19 +77,22 @@ def paired_training_sets(clean: Examples, poisoned: Examples):
 def train_and_track(arch: str, x: np.ndarray, y: np.ndarray,
                     x_test: np.ndarray, y_test: np.ndarray, num_classes: int,
                     *, epochs: int, batch_size: int, learning_rate: float,
-                    seed: int, verbose: int = 0) -> list[float]:
+                    seed: int, verbose: int | None = 0,
+                    desc: str | None = None) -> list[float]:
   """Trains `arch` (Adam, cosine decay) and returns clean-test accuracy per epoch.
 
   The same recipe as `modelsteal.training.train_classifier` (without
   augmentation, which would act as a defence), plus an evaluation on the
-  clean test split after every epoch.
+  clean test split after every epoch. `verbose` as in `train_classifier`
+  (2 also prints each epoch's accuracy).
   """
   from modelsteal.training import TrainConfig, epoch_accuracy_callback, train_classifier  # pylint: disable=g-import-not-at-top
-  cb = epoch_accuracy_callback(x_test, y_test, verbose=bool(verbose))
+  cb = epoch_accuracy_callback(
+      x_test, y_test, verbose=None if verbose is None else verbose == 2)
   train_classifier(arch, x, y, num_classes,
                    TrainConfig(epochs=epochs, batch_size=batch_size,
                                learning_rate=learning_rate),
-                   seed=seed, verbose=0, callbacks=[cb])
+                   seed=seed, verbose=verbose, callbacks=[cb], desc=desc)
   return cb.history
 
 
@@ -149,13 +152,13 @@ def evaluate_poison(*, clean: InputArtifact[Examples],
           rec = json.load(f)
         note = 'resumed'
       else:
-        print(f'[poison_eval] training {target} on {data_name} data '
-              f'({len(y)} images, {epochs} epochs)', flush=True)
         t0 = time.time()
         acc = train_and_track(target, x, y, x_test, y_test, num_classes,
                               epochs=epochs, batch_size=batch_size,
                               learning_rate=learning_rate, seed=seed,
-                              verbose=1)
+                              verbose=None,
+                              desc=f'[poison_eval] train {target} on '
+                                   f'{data_name} data ({len(y)} images)')
         rec = {'accuracy': acc, 'seconds': time.time() - t0}
         with open(done + '.tmp', 'w') as f:
           json.dump(rec, f)

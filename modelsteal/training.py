@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from modelsteal import progress
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -44,8 +46,8 @@ def translation_augmenter(seed: int, fraction: float = 0.1):
 def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
                      num_classes: int, config: TrainConfig, *, seed: int = 0,
                      strategy=None, backup_dir: str | None = None,
-                     verbose: int = 2, model=None, callbacks=(),
-                     pair_augment=None, wrap=None):
+                     verbose: int | None = None, model=None, callbacks=(),
+                     pair_augment=None, wrap=None, desc: str | None = None):
   """Trains architecture `arch` (or the given `model`) on images `x`.
 
   Args:
@@ -59,13 +61,16 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
     strategy: a `tf.distribute.Strategy` (default: the current one).
     backup_dir: if given, training state is backed up there each epoch and
       an interrupted run resumes from it.
-    verbose: Keras verbosity (2 = one line per epoch).
+    verbose: 0 silent, 1 one progress line (`modelsteal.progress`, rate
+      and ETA over the whole fit), 2 Keras' line per epoch; None: 2 when
+      `modelsteal.progress.verbose()`, else 1.
     model: an already-built model to train instead of building `arch`.
     callbacks: extra Keras callbacks.
     pair_augment: optional (images, targets) -> (images, targets) batch
       augmentation (mixup, cutmix) applied after `config.augment`.
     wrap: optional function model -> training model (e.g. adversarial
       training); the unwrapped model is returned.
+    desc: what the progress line calls this training (default `train ARCH`).
 
   Returns:
     The trained `keras.Model` (logits).
@@ -126,8 +131,12 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   callbacks = list(callbacks)
   if backup_dir:
     callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
+  if verbose is None:
+    verbose = 2 if progress.verbose() else 1
+  if verbose == 1:
+    callbacks.append(progress.keras_callback(desc or f'train {arch}'))
   try:
-    trainer.fit(ds, epochs=config.epochs, verbose=verbose,
+    trainer.fit(ds, epochs=config.epochs, verbose=2 if verbose == 2 else 0,
                 callbacks=callbacks, shuffle=False,  # tf.data shuffles
                 steps_per_epoch=steps if static else None)
   except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
@@ -138,16 +147,31 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   return model
 
 
+def predict_logits(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+  """Logits (N, K) float32 of a Keras model, called eagerly in batches.
+
+  Not `model.predict`: that builds a new `tf.function` per model, and a
+  process that trains and scores many models (defences, ensembles, sweeps)
+  traces one graph per model for a single call, which TF reports as
+  excessive retracing. One eager call per batch costs no tracing at all.
+  """
+  if not len(x):
+    return np.zeros((0, model.output_shape[-1]), np.float32)
+  return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False))
+                         for i in range(0, len(x), batch_size)]).astype(
+                             np.float32)
+
+
 def predict_probs(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
   """Softmax probabilities (N, K) float32 of a logits model."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  logits = model.predict(x, batch_size=batch_size, verbose=0)
+  logits = predict_logits(model, x, batch_size)
   return tf.nn.softmax(logits).numpy().astype(np.float32)
 
 
 def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
                             preprocess=None, batch_size: int = 1024,
-                            verbose: bool = True):
+                            verbose: bool | None = None):
   """A callback recording clean accuracy after every epoch in `.history`.
 
   Args:
@@ -156,10 +180,12 @@ def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
       it when training a wrapper).
     preprocess: test-time transform applied to `x` once, up front.
     batch_size: evaluation batch size.
-    verbose: print a line per epoch.
+    verbose: print a line per epoch (None: `modelsteal.progress.verbose()`).
   """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if verbose is None:
+    verbose = progress.verbose()
   if preprocess is not None:
     x = np.concatenate([np.asarray(preprocess(tf.constant(x[i:i + batch_size])))
                         for i in range(0, len(x), batch_size)])
@@ -172,7 +198,7 @@ def epoch_accuracy_callback(x: np.ndarray, y: np.ndarray, model_fn=None,
 
     def on_epoch_end(self, epoch, logs=None):
       m = model_fn() if model_fn else self.model
-      pred = m.predict(x, batch_size=batch_size, verbose=0).argmax(1)
+      pred = predict_logits(m, x, batch_size).argmax(1)
       acc = float((pred == y).mean())
       self.history.append(acc)
       if verbose:

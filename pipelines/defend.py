@@ -100,8 +100,12 @@ def run(cfg: DefendConfig):
   if cfg.clean:
     sets.append(('clean', clean_counterpart(poisoned, cfg.clean, cfg.data_dir,
                                             wd)))
+  # Smoke: 8 batches per model, not 2: every new model's training graph is
+  # traced once, and at 2 steps per model TF warns of excessive retracing.
   recipe = {'epochs': 1 if cfg.smoke else cfg.epochs,
-            'batch_size': cfg.batch_size, 'learning_rate': cfg.learning_rate}
+            'batch_size': min(cfg.batch_size, 32) if cfg.smoke
+                          else cfg.batch_size,
+            'learning_rate': cfg.learning_rate}
   train_size = 256 if cfg.smoke else cfg.train_size
   rows = []
   for d in defenses:

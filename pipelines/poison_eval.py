@@ -97,11 +97,13 @@ def run(cfg: PoisonEvalConfig):
   started = time.time()
   clean, poisoned = _load_inputs(cfg)
   epochs, max_train, max_test = cfg.epochs, cfg.max_train, 0
-  if cfg.smoke:
+  batch_size = cfg.batch_size
+  if cfg.smoke:  # several batches per model (see pipelines.defend)
     epochs, max_train, max_test = 1, min(max_train or 256, 256), 200
+    batch_size = min(batch_size, 32)
   result = poison_eval.evaluate_poison.run(
       cfg.workdir, clean=clean, poisoned=poisoned, targets=list(cfg.targets),
-      epochs=epochs, batch_size=cfg.batch_size,
+      epochs=epochs, batch_size=batch_size,
       learning_rate=cfg.learning_rate, seed=cfg.seed, max_train=max_train,
       max_test=max_test)
   ev = result['evaluation']

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from modelsteal import progress
 from modelsteal.artifacts import Evaluation
 from modelsteal.artifacts import Examples
 from modelsteal.artifacts import Model
@@ -43,7 +44,6 @@ def label_queries(*, splits: InputArtifact[Examples],
   Writes split `train`: `x` the queries, `y` the victim's top-1 answer,
   `answers` (N, K) float32 what the victim revealed, `idx` pool indices.
   """
-  import keras  # pylint: disable=g-import-not-at-top
   from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
   from modelsteal.oracle import make_oracle  # pylint: disable=g-import-not-at-top
   pool = splits.load_split('pool')
@@ -51,12 +51,12 @@ def label_queries(*, splits: InputArtifact[Examples],
   x = pool['x'][idx]
   oracle = make_oracle(victim, output=output, budget=budget,
                        cache_dir=_answer_cache_dir(), seed=seed)
-  bar = keras.utils.Progbar(len(x), unit_name='query',
-                             stateful_metrics=['paid'])
   answers = []
-  for batch in make_tf_dataset(x, batch_size=batch_size).as_numpy_iterator():
-    answers.append(oracle.query(batch))
-    bar.add(len(batch), values=[('paid', oracle.paid)])
+  with progress.Progress(len(x), '[label_queries] asking the victim',
+                         'query', 'queries') as bar:
+    for batch in make_tf_dataset(x, batch_size=batch_size).as_numpy_iterator():
+      answers.append(oracle.query(batch))
+      bar.update(len(batch), paid=oracle.paid)
   answers = np.concatenate(answers)
   labeled.save_split('train', x, answers.argmax(axis=1), answers=answers,
                      idx=idx)
