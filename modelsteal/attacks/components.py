@@ -125,7 +125,7 @@ def train_model(*, examples: InputArtifact[Examples],
   model.properties.update(props)
 
 
-@component
+@component(version='2')  # 2: normalized_accuracy
 def evaluate_model(*, splits: InputArtifact[Examples],
                    query_splits: InputArtifact[Examples],
                    evaluation: OutputArtifact[Evaluation],
@@ -139,6 +139,9 @@ def evaluate_model(*, splits: InputArtifact[Examples],
     fidelity_heldout: agreement on the attacker's held-out data
       (`query_splits`' `heldout`), never queried for training.
     victim_accuracy: the victim's accuracy on the test split.
+    normalized_accuracy: accuracy / victim_accuracy (1.0: as good as the
+      victim; above 1 when the copy happens to be right where the victim is
+      wrong).
 
   `model` and `victim` are references (`modelsteal.oracle`): local files
   or REST endpoints. The victim (and a remote model) is asked through an
@@ -167,6 +170,9 @@ def evaluate_model(*, splits: InputArtifact[Examples],
     if split == 'test':
       metrics['accuracy'] = float((mine == data['y']).mean())
       metrics['victim_accuracy'] = float((theirs == data['y']).mean())
+      metrics['normalized_accuracy'] = (
+          metrics['accuracy'] / metrics['victim_accuracy']
+          if metrics['victim_accuracy'] else float('nan'))
   with open(evaluation.path('metrics.json'), 'w') as f:
     json.dump(metrics, f, indent=1)
   evaluation.properties.update(metrics)

@@ -36,11 +36,26 @@ def save_results(df: pd.DataFrame, out_dir: str, stem: str = 'results'
   return csv_path, json_path
 
 
+# Printed under the steal table and quoted in the README: what each column
+# means, in the words a user asks the question in.
+STEAL_LEGEND = """\
+accuracy             top-1 accuracy on the clean test split (never queried)
+fidelity             share of test images given the victim's top-1 answer
+fidelity_heldout     the same on the attacker's held-out images (never queried)
+normalized_accuracy  accuracy / victim's (1.000x: as accurate; above 1 where the
+                     copy is right on test images the victim gets wrong)
+queries_paid         queries sent by this run: answers cached by an earlier run
+                     or a smaller budget of the sweep are not paid again"""
+
+
 def format_table(df: pd.DataFrame) -> str:
-  """A fixed-width text table, fractions as percentages."""
+  """A fixed-width text table, fractions as percentages, ratios as `1.005x`."""
   show = df.copy()
+  if pd.api.types.is_float_dtype(show.get('normalized_accuracy')):
+    show['normalized_accuracy'] = show['normalized_accuracy'].map(
+        lambda v: '' if pd.isna(v) else f'{v:.3f}x')
   for c in show.columns:
-    if c in ('accuracy', 'fidelity', 'fidelity_heldout', 'normalized_accuracy',
+    if c in ('accuracy', 'fidelity', 'fidelity_heldout',
              'victim_accuracy') or c.startswith(('acc', 'fid')):
       if pd.api.types.is_float_dtype(show[c]):
         show[c] = show[c].map(lambda v: '' if pd.isna(v) else f'{100 * v:.2f}%')
