@@ -26,6 +26,9 @@ TRAIN_SIZE = flags.DEFINE_integer(
 DISTRIBUTE = flags.DEFINE_string('distribute', 'default',
                                  'tf.distribute strategy: default, mirrored, '
                                  'multiworker (from TF_CONFIG), tpu.')
+VERBOSE = flags.DEFINE_bool(
+    'verbose', False, "Keras' line per training epoch (and per-epoch "
+    'accuracy) instead of one progress line per step.')
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -38,10 +41,44 @@ def user_errors() -> tuple[type[BaseException], ...]:
           ModelLoadError, BudgetExceededError, OracleError, ArtifactError)
 
 
+def fit_budgets(budgets, pool_size: int, *, flag: str, stand_in: bool,
+                name: str) -> list[int]:
+  """The query budgets a run uses, checked against the attacker's pool.
+
+  One rule for `--budget` and `--budgets`: a budget above the pool is capped
+  to the pool with a notice when the budget is the default (`flag` empty) or
+  the data is a stand-in (`stand_in`: the offline MNIST subset or `--smoke`),
+  so that every documented command also runs offline; a budget the user
+  asked for on their own data is an error naming the flag they passed.
+  Duplicates after capping are dropped, order kept.
+  """
+  out = []
+  for b in budgets:
+    if b < 1:
+      raise ValueError(f'{flag or "--budget"}: the query budget must be at '
+                       f'least 1, got {b}.')
+    if b > pool_size:
+      if flag and not stand_in:
+        raise ValueError(
+            f"{flag}: the query budget ({b}) is larger than the attacker's "
+            f'query pool ({pool_size} images); lower {flag} or use a larger '
+            '--query_data.')
+      why = 'smoke/offline data' if stand_in else 'default budget'
+      print(f'[{name}] notice: budget {b} capped to the pool size '
+            f'{pool_size} ({why}).', flush=True)
+      b = pool_size
+    if b not in out:
+      out.append(b)
+  return out
+
+
 def run_main(body: Callable[[], object], name: str) -> None:
   """Runs a pipeline body: quiet logs, clear errors, resumable Ctrl-C."""
-  from pipelines import quiet_logs  # pylint: disable=g-import-not-at-top
+  from modelsteal import progress  # pylint: disable=g-import-not-at-top
+  from pipelines import import_tensorflow_quietly, quiet_logs  # pylint: disable=g-import-not-at-top
+  import_tensorflow_quietly()
   quiet_logs()
+  progress.set_verbose(VERBOSE.value)
   try:
     body()
   except KeyboardInterrupt:

@@ -76,7 +76,7 @@ class StealConfig:
   query_data: str | None = None
   output: str = 'label'
   budgets: tuple[int, ...] = (10000,)
-  budget_explicit: bool = False  # an explicit budget above the pool is an error
+  budget_flag: str = ''  # '--budget' / '--budgets' when the user passed one
   query_strategy: str = 'random'
   students: tuple[str, ...] = ()
   distribute: str = 'default'
@@ -130,7 +130,8 @@ def run(cfg: StealConfig):
                    f'{", ".join(sorted(QUERY_STRATEGIES))}.')
   for b in cfg.budgets:
     if b < 1:
-      raise ValueError(f'the query budget must be at least 1, got {b}.')
+      raise ValueError(f'{cfg.budget_flag or "--budget"}: the query budget '
+                       f'must be at least 1, got {b}.')
   spec = None
   if cfg.victim_path and cfg.victim_url:
     raise ValueError('pass either --victim_path or --victim_url, not both.')
@@ -209,20 +210,12 @@ def run(cfg: StealConfig):
     students = (['mnist_cnn', 'mnist_mlp'] if dataset.shape[-1] == 1
                 else ['cifar10_cnn', 'lenet5'])
 
-  # Budgets: an explicit budget above the pool is an error, the default one
-  # is capped with a notice (the offline subset has fewer images).
-  budgets = []
-  for b in cfg.budgets:
-    if b > pool_size:
-      if cfg.budget_explicit:
-        raise ValueError(f'the query budget ({b}) is larger than the '
-                         f"attacker's query pool ({pool_size} images); lower "
-                         '--budget or use a larger --query_data.')
-      print(f'[steal] notice: budget {b} capped to the pool size {pool_size}.',
-            flush=True)
-      b = pool_size
-    if b not in budgets:
-      budgets.append(b)
+  # Budgets above the pool: one rule for --budget and --budgets; capped on
+  # the small offline subset and in smoke runs (see common.fit_budgets).
+  budgets = common.fit_budgets(
+      cfg.budgets, pool_size, flag=cfg.budget_flag, name='steal',
+      stand_in=(cfg.smoke or
+                query_splits.properties.get('name') == 'offline_mnist'))
 
   rows = []
   vev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
@@ -268,6 +261,7 @@ def run(cfg: StealConfig):
   evaluation.save_results(pd.DataFrame(steps.rows, columns=[
       'step', 'seconds', 'reused']), out_dir, stem='steps')
   print('\n' + evaluation.format_table(df.drop(columns=['saved_model'])))
+  print(evaluation.STEAL_LEGEND)
   if len(budgets) > 1:
     plot = evaluation.plot_budget_sweep(
         df, os.path.join(out_dir, 'budget_sweep.png'),
@@ -276,6 +270,10 @@ def run(cfg: StealConfig):
   print(f'results:  {csv_path}\n          {json_path}')
   for r in rows[1:]:
     print(f'student {r["model"]:<18} SavedModel: {r["saved_model"]}')
+    keras_file = os.path.join(os.path.dirname(os.path.dirname(
+        r['saved_model'])), 'model.keras')
+    if os.path.exists(keras_file):
+      print(' ' * 27 + f'Keras file: {keras_file}')
   print(f'total time {time.time() - started:.1f}s', flush=True)
   return df, out_dir
 
@@ -301,8 +299,8 @@ def config_from_flags() -> StealConfig:
       victim_url=_VICTIM_URL.value,
       dataset=common.DATASET.value, data_dir=common.DATA_DIR.value,
       query_data=_QUERY_DATA.value, output=_OUTPUT.value, budgets=budgets,
-      budget_explicit=(not flags.FLAGS['budget'].using_default_value
-                       or bool(_BUDGETS.value)),
+      budget_flag=('--budgets' if _BUDGETS.value else '' if
+                   flags.FLAGS['budget'].using_default_value else '--budget'),
       query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)

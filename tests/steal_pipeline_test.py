@@ -90,8 +90,16 @@ def test_bad_inputs_give_clear_errors(tiny_npz, tiny_model, tmp_path, capsys):
                 output='logits', **common)
   _expect_error(capsys, 'at least 1', victim='mnist_mlp', dataset=tiny_npz,
                 budget=0, **common)
-  _expect_error(capsys, 'larger than the attacker', victim='mnist_mlp',
-                dataset=tiny_npz, budget=100000, **common)
+  # a budget above the pool of the user's own data: an error naming the flag
+  # passed (not in smoke mode, whose small pool caps budgets instead)
+  _expect_error(capsys, "--budget: the query budget (100000) is larger than "
+                'the attacker', victim='mnist_mlp', dataset=tiny_npz,
+                budget=100000, workdir=wd)
+  _expect_error(capsys, '--budgets: the query budget (5000) is larger',
+                victim='mnist_mlp', dataset=tiny_npz, budgets=['10', '5000'],
+                workdir=wd)
+  _expect_error(capsys, '--budgets: the query budget must be at least 1',
+                victim='mnist_mlp', dataset=tiny_npz, budgets=['0'], **common)
   _expect_error(capsys, 'unknown student', victim='mnist_mlp',
                 dataset=tiny_npz, students=['vgg99'], **common)
   _expect_error(capsys, 'needs --dataset', victim_path=str(tmp_path), **common)
@@ -115,6 +123,20 @@ def test_bad_inputs_give_clear_errors(tiny_npz, tiny_model, tmp_path, capsys):
                 **common)
   # nothing looked finished after all those failures
   assert not glob.glob(os.path.join(wd, 'steal', '*', 'results.csv'))
+
+
+def test_smoke_caps_budgets_above_the_pool(tiny_npz, tmp_path, capsys):
+  """--smoke shrinks the data, so --budgets meant for the full data are
+  capped to the pool (with a notice) like the default budget."""
+  wd = str(tmp_path)
+  _main(victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,
+        budgets=['20', '5000'], students=['mnist_mlp'])
+  out = capsys.readouterr().out
+  pool = json.load(open(glob.glob(os.path.join(
+      wd, 'split_data', '*', 'splits', 'artifact.json'))[0]))['properties'][
+          'sizes']['pool']
+  assert f'budget 5000 capped to the pool size {pool}' in out
+  assert sorted(_results(wd).query('role == "student"')['budget']) == [20, pool]
 
 
 def test_victim_path_savedmodel(tiny_model, tiny_npz, tmp_path):
