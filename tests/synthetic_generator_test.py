@@ -110,6 +110,9 @@ def test_mining_caches_resumes_and_filters(exported, tmp_path):
   got = kept.load_split('train')
   assert (got['confidence'] >= 0.3).all() and len(got['y']) == 20
   assert kept.properties['filter'] == 'confidence:0.3'
+  mean = synthetic.mine_images.run(wd, generator={**ref, 'pixels': 'mean'},
+                                   per_class=2, chunk=4)['mined']
+  assert len(np.unique(mean.load_split('train')['x'])) > 2  # not the cache
   plain = synthetic.generator_ref_from_path(exported[1])
   with pytest.raises(synthetic.GeneratorError, match='no classifier'):
     synthetic.mine_images.run(wd, generator=plain, per_class=2, chunk=4,

@@ -43,26 +43,37 @@ def test_train_generator_smoke_then_reuse(wd, capsys):
   assert '): reused' in capsys.readouterr().out
 
 
-def test_synthetic_smoke_table_sweep_and_grid(wd, capsys):
+def test_synthetic_smoke_table_and_grid(wd, capsys):
   _run(synthetic, generator='cvae', dataset='offline_mnist', smoke=True,
-       workdir=wd, per_class=5, sweep=['3'], classifiers=['mnist_mlp'])
+       workdir=wd, per_class=5, classifiers=['mnist_mlp'],
+       filter='confidence:0.02')  # the smoke classifier is weak
   out = capsys.readouterr().out
   run_dir, = glob.glob(os.path.join(wd, 'synthetic', '*'))
   df = pd.read_csv(os.path.join(run_dir, 'results.csv'))
-  assert list(df['per_class']) == [3, 5]
-  assert list(df['classifier']) == ['mnist_mlp'] * 2
-  assert (df['filter'] == 'none').all()
+  assert list(df['per_class']) == [5] and list(df['train_size']) == [50]
+  assert list(df['classifier']) == ['mnist_mlp']
+  assert list(df['filter']) == ['confidence:0.02']
   assert df['acc_generated'].between(0, 1).all()
   assert df['acc_real'].between(0, 1).all()
   assert 'acc_generated' in out and 'gap_points' in out
   with open(os.path.join(run_dir, 'results.json')) as f:
-    assert len(json.load(f)) == 2
-  for png in ('samples.png', 'per_class_sweep.png'):
-    assert os.path.getsize(os.path.join(run_dir, png)) > 1000
-  mined = glob.glob(os.path.join(wd, 'mine_images', '*', 'mined'))
-  sizes = sorted(json.load(open(os.path.join(m, 'artifact.json')))[
-      'properties']['sizes']['train'] for m in mined)
-  assert sizes == [30, 50]
+    assert len(json.load(f)) == 1
+  assert os.path.getsize(os.path.join(run_dir, 'samples.png')) > 1000
+  mined, = glob.glob(os.path.join(wd, 'mine_images', '*', 'mined'))
+  with open(os.path.join(mined, 'artifact.json')) as f:
+    props = json.load(f)['properties']
+  assert props['sizes'] == {'train': 50}
+  assert props['filter'] == 'confidence:0.02'
+
+
+def test_per_class_sweep_plot(tmp_path):
+  from modelsteal.synthetic.plots import plot_per_class_sweep  # pylint: disable=g-import-not-at-top
+  df = pd.DataFrame({'classifier': ['cnn'] * 4,
+                     'data': ['real', 'generated'] * 2,
+                     'per_class': [10, 10, 100, 100],
+                     'accuracy': [0.8, 0.7, 0.95, 0.9]})
+  path = plot_per_class_sweep(df, str(tmp_path / 'sweep.png'))
+  assert os.path.getsize(path) > 1000
 
 
 def test_steal_with_generated_queries_labels_them_through_the_oracle(wd):
@@ -120,3 +131,16 @@ def test_bad_input_is_one_clear_error_line(wd, tmp_path, capsys, monkeypatch):
          workdir=wd, query_data='generator:nothing-here')
   assert "steal: error: unknown generator 'nothing-here'" in (
       capsys.readouterr().err)
+
+
+def test_steal_module_is_not_imported_twice(monkeypatch):
+  """Under `python -m pipelines.steal` the module is `__main__`; importing
+  `pipelines.steal` again would define its flags twice."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  fake_main = types.ModuleType('__main__')
+  fake_main.__spec__ = types.SimpleNamespace(name='pipelines.steal')
+  monkeypatch.setitem(sys.modules, '__main__', fake_main)
+  assert train_generator.steal_module() is fake_main
+  monkeypatch.setitem(sys.modules, '__main__', types.ModuleType('__main__'))
+  assert train_generator.steal_module() is steal

@@ -176,7 +176,12 @@ def mine_images(*, mined: OutputArtifact[Examples],
   gen = make_generator(generator, class_names=list(class_names) or None)
   names = gen.class_names
   wd = component_workdir()
-  root = (os.path.join(wd, 'generator_cache', generator['fingerprint'][:16])
+  # The cache is per generator and per pixel mode (sampled or mean images
+  # of one SavedModel differ).
+  key = generator['fingerprint'][:16] + (
+      '-' + generator['pixels'] if generator.get('pixels', 'sample') !=
+      'sample' else '')
+  root = (os.path.join(wd, 'generator_cache', key)
           if wd else os.path.join(scratch_dir(), 'generator_cache'))
   needed_chunks = -(-per_class // chunk)
   xs, ys, confs = [], [], []
