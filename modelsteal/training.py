@@ -36,6 +36,22 @@ class TrainConfig:
   jit_compile: bool | None = None
 
 
+# Fields added to TrainConfig after 0.1.0: left out of a recipe's parameters
+# while at their defaults, so runs cached before they existed (a victim
+# trained once) keep their fingerprints.
+_LATER_FIELDS = ('schedule', 'steps_per_execution', 'jit_compile')
+
+
+def recipe_params(config: TrainConfig) -> dict:
+  """A recipe as a component parameter (a dict; see `_LATER_FIELDS`)."""
+  d = dataclasses.asdict(config)
+  defaults = TrainConfig()
+  for f in _LATER_FIELDS:
+    if f in d and d[f] == getattr(defaults, f):
+      del d[f]
+  return d
+
+
 def translation_augmenter(seed: int, fraction: float = 0.1):
   import keras  # pylint: disable=g-import-not-at-top
   layer = keras.layers.RandomTranslation(fraction, fraction,

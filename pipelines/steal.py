@@ -20,11 +20,16 @@ Variants:
     --query_data=generator:cvae                        generated queries (a
                                  generator name, SavedModel path or URL;
                                  pipelines/synthetic.py)
+    --query_strategy=entropy --rounds=5                active stealing in rounds
+    --query_strategy=random,margin,kcenter --rounds=5  strategies compared
+                                 (pipelines/rounds.py: rounds.csv, rounds.png)
     --victim_path=PATH --dataset=mnist                 your own victim
     --victim_url=http://127.0.0.1:8501/v1/models/NAME --dataset=mnist
                                  a victim behind a TF-Serving REST endpoint
                                  (python -m pipelines.serve), over HTTP
     --students=mnist_cnn,lenet5,mnist_mlp              student architectures
+    --students=mnist_cnn,ensemble:mnist_cnn,mcdropout:mnist_cnn:samples=20
+                                 UQ students (modelsteal.uq) beside plain ones
     --distribute=mirrored|tpu                          tf.distribute strategy
     --smoke                                            a tiny run, seconds
 
@@ -60,10 +65,21 @@ _OUTPUT = flags.DEFINE_string(
 _BUDGET = flags.DEFINE_integer('budget', 10000, 'Query budget.')
 _BUDGETS = flags.DEFINE_list('budgets', [], 'Budget sweep, e.g. 100,1000,10000 '
                              '(overrides --budget).')
-_STRATEGY = flags.DEFINE_string('query_strategy', 'random', 'Query strategy.')
+_STRATEGY = flags.DEFINE_string(
+    'query_strategy', 'random', 'Query strategy, or several separated by '
+    'commas (compared round by round): random, entropy, margin, '
+    'least_confidence, kcenter, dfal, dfal_kcenter, bald, qbc (these two '
+    'need a UQ student first in --students). Active ones need --rounds >= 2.')
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 1, 'Ask in this many rounds (a random seed set, then the '
+    'strategy with the student of the round before); 1: all at once.')
+_SEED_SIZE = flags.DEFINE_integer(
+    'seed_size', 0, 'Queries in the random seed set of a round-based run '
+    '(0: budget / rounds); the rest is split evenly over the other rounds.')
 _STUDENTS = flags.DEFINE_list(
     'students', [], "Student architectures; default: the victim's plus one "
-    'of another family.')
+    'of another family. A UQ student is METHOD:ARCH[+ARCH][:key=value], '
+    'METHOD one of ensemble, mcdropout, swag, batchensemble, bbb.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +93,9 @@ class StealConfig:
   output: str = 'label'
   budgets: tuple[int, ...] = (10000,)
   budget_flag: str = ''  # '--budget' / '--budgets' when the user passed one
-  query_strategy: str = 'random'
+  query_strategy: str = 'random'  # comma-separated for several
+  rounds: int = 1
+  seed_size: int = 0
   students: tuple[str, ...] = ()
   distribute: str = 'default'
   workdir: str = './runs'
@@ -103,31 +121,62 @@ def _shrink(ds, n_train=1200, n_test=300):
 class _Steps:
   """Prints each step with its time, and whether it was reused."""
 
-  def __init__(self):
+  def __init__(self, name: str = 'steal'):
+    self.name = name
     self.rows = []
 
   def record(self, label: str, result) -> None:
     self.rows.append((label, result.duration_s, result.reused))
     note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
-    print(f'[steal] {label:<44} {note:>10}  {result.execution_dir}', flush=True)
+    print(f'[{self.name}] {label:<44} {note:>10}  {result.execution_dir}',
+          flush=True)
+
+  def save(self, out_dir: str) -> None:
+    """Writes `steps.csv` / `steps.json` (per-step time, reused or not)."""
+    import pandas as pd  # pylint: disable=g-import-not-at-top
+    from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
+    evaluation.save_results(pd.DataFrame(self.rows, columns=[
+        'step', 'seconds', 'reused']), out_dir, stem='steps')
 
 
-def run(cfg: StealConfig):
-  """Runs the pipeline; returns (results DataFrame, output directory)."""
+@dataclasses.dataclass
+class Prepared:
+  """What every stealing experiment starts from (see `prepare`)."""
+  wd: str
+  dataset: object
+  splits: object  # Examples: victim / pool / heldout / test
+  query_splits: object  # Examples the queries come from (pool, heldout)
+  victim_ref: dict
+  victim_name: str
+  victim_arch: str
+  victim_row: dict
+  students: list
+  budgets: list
+  steps: _Steps
+
+
+def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
+  """Checks the config, loads and splits the data, trains (or reuses) the
+  victim and scores it; shared by `pipelines.steal` and `pipelines.uq`."""
   from modelsteal import data as data_lib  # pylint: disable=g-import-not-at-top
   from modelsteal import distribute  # pylint: disable=g-import-not-at-top
-  from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
   from modelsteal import models  # pylint: disable=g-import-not-at-top
+  from modelsteal import uq  # pylint: disable=g-import-not-at-top
   from modelsteal import victims  # pylint: disable=g-import-not-at-top
-  from modelsteal.attacks import QUERY_STRATEGIES, evaluate_model, label_queries, train_model  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks import QUERY_STRATEGIES, evaluate_model, train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.defenses import parse_output  # pylint: disable=g-import-not-at-top
   from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
+  from modelsteal.training import recipe_params  # pylint: disable=g-import-not-at-top
 
-  started = time.time()
   parse_output(cfg.output)  # fail early on a bad mode
-  if cfg.query_strategy not in QUERY_STRATEGIES:
-    raise KeyError(f'unknown query strategy {cfg.query_strategy!r}; valid: '
-                   f'{", ".join(sorted(QUERY_STRATEGIES))}.')
+  for s in cfg.query_strategy.split(','):
+    if s not in QUERY_STRATEGIES:
+      raise KeyError(f'unknown query strategy {s!r}; valid: '
+                     f'{", ".join(QUERY_STRATEGIES)}.')
+    if s != 'random' and cfg.rounds < 2:
+      raise ValueError(f'--query_strategy={s} picks with the current student, '
+                       'so it needs --rounds of 2 or more (a random seed set '
+                       'first).')
   for b in cfg.budgets:
     if b < 1:
       raise ValueError(f'{cfg.budget_flag or "--budget"}: the query budget '
@@ -144,20 +193,24 @@ def run(cfg: StealConfig):
     spec = victims.get_victim(cfg.victim)
   students = list(cfg.students) or list(spec.students if spec else ())
   for s in students:
-    if s not in models.ARCHITECTURES:
+    if uq.is_uq_spec(s):
+      uq.parse_spec(s)  # raises a clear error on a bad spec
+    elif s not in models.ARCHITECTURES:
       raise KeyError(f'unknown student architecture {s!r}; valid: '
-                     f'{", ".join(sorted(models.ARCHITECTURES))}.')
+                     f'{", ".join(sorted(models.ARCHITECTURES))}, or a UQ '
+                     'student METHOD:ARCH (methods: '
+                     f'{", ".join(sorted(uq.UQ_METHODS))}).')
   distribute.use(cfg.distribute)
   # Non-chief workers of a multi-worker run write to a private directory.
   wd = distribute.worker_workdir(os.path.abspath(cfg.workdir))
-  steps = _Steps()
+  steps = _Steps(name)
 
   # Data: the victim's dataset, split into the victim's half and the
   # attacker's; the query data is the attacker's half unless said otherwise.
   dataset = data_lib.load_dataset(cfg.dataset or spec.dataset, cfg.data_dir)
   if cfg.smoke:
     dataset = _shrink(dataset)
-  print(f'[steal] data: {dataset.name} from {dataset.source}: '
+  print(f'[{name}] data: {dataset.name} from {dataset.source}: '
         f'{len(dataset.x_train)} train / {len(dataset.x_test)} test, '
         f'shape {dataset.shape}', flush=True)
   min_size = dataset.num_classes
@@ -189,7 +242,7 @@ def run(cfg: StealConfig):
 
   # Victim.
   if spec is not None:
-    recipe = dataclasses.asdict(spec.recipe)
+    recipe = recipe_params(spec.recipe)
     if cfg.smoke:
       recipe['epochs'] = 1
     vres = train_model.run(wd, examples=splits, arch=spec.arch, recipe=recipe,
@@ -198,7 +251,7 @@ def run(cfg: StealConfig):
     victim_ref = victims.victim_ref_from_model(vres['model'])
     victim_name = cfg.victim
     acc = vres['model'].properties.get('test_accuracy')
-    print(f'[steal] victim {cfg.victim}: test accuracy {100 * acc:.2f}% '
+    print(f'[{name}] victim {cfg.victim}: test accuracy {100 * acc:.2f}% '
           f'(SavedModel {victim_ref["path"]})', flush=True)
   elif cfg.victim_url:
     victim_ref, victim_name = _rest_victim(cfg.victim_url, dataset)
@@ -213,59 +266,98 @@ def run(cfg: StealConfig):
   # Budgets above the pool: one rule for --budget and --budgets; capped on
   # the small offline subset and in smoke runs (see common.fit_budgets).
   budgets = common.fit_budgets(
-      cfg.budgets, pool_size, flag=cfg.budget_flag, name='steal',
+      cfg.budgets, pool_size, flag=cfg.budget_flag, name=name,
       stand_in=(cfg.smoke or
                 query_splits.properties.get('name') == 'offline_mnist'))
 
-  rows = []
   vev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
                            model=victim_ref, victim=victim_ref)
   steps.record('evaluate victim', vev)
   victim_metrics = vev['evaluation'].properties
-  victim_acc = victim_metrics['accuracy']
-  rows.append({'model': victim_name, 'role': 'victim', 'arch': spec.arch if spec
-               else 'unknown', 'budget': 0, 'output': 'probs',
-               'queries_paid': 0, **victim_metrics,
-               'normalized_accuracy': 1.0, 'train_s': None, 'saved_model':
-               victim_ref.get('path') or victim_ref.get('url')})
-  for b in budgets:
-    lab = label_queries.run(wd, splits=query_splits, victim=victim_ref,
-                            output=cfg.output, budget=b,
-                            strategy=cfg.query_strategy, seed=cfg.seed)
-    steps.record(f'label_queries budget={b} output={cfg.output}', lab)
-    labeled = lab['labeled']
-    for arch in students:
-      sres = train_model.run(wd, examples=labeled, arch=arch,
-                             recipe=student_recipe(arch, b, cfg.smoke),
-                             split='train', targets='answers', seed=cfg.seed)
-      steps.record(f'train student {arch} budget={b}', sres)
-      sref = victims.victim_ref_from_model(sres['model'])
-      sev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
-                               model=sref, victim=victim_ref)
-      steps.record(f'evaluate student {arch} budget={b}', sev)
-      m = sev['evaluation'].properties
-      rows.append({'model': f'{arch}@{b}', 'role': 'student', 'arch': arch,
-                   'budget': b, 'output': cfg.output,
-                   'queries_paid': labeled.properties['queries_paid'], **m,
-                   'normalized_accuracy': m['accuracy'] / victim_acc,
-                   'train_s': round(sres.duration_s, 1),
-                   'saved_model': sref['path']})
+  victim_row = {'model': victim_name, 'role': 'victim',
+                'arch': spec.arch if spec else 'unknown', 'budget': 0,
+                'output': 'probs', 'queries_paid': 0, **victim_metrics,
+                'normalized_accuracy': 1.0, 'train_s': None,
+                'saved_model': victim_ref.get('path') or victim_ref.get('url')}
+  return Prepared(wd, dataset, splits, query_splits, victim_ref, victim_name,
+                  spec.arch if spec else 'unknown', victim_row, students,
+                  budgets, steps)
+
+
+def label(p: Prepared, cfg: StealConfig, budget: int):
+  """The `label_queries` run for one budget (cached: never paid twice)."""
+  from modelsteal.attacks import label_queries  # pylint: disable=g-import-not-at-top
+  lab = label_queries.run(p.wd, splits=p.query_splits, victim=p.victim_ref,
+                          output=cfg.output, budget=budget,
+                          strategy=cfg.query_strategy, seed=cfg.seed)
+  p.steps.record(f'label_queries budget={budget} output={cfg.output}', lab)
+  return lab['labeled']
+
+
+def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
+                  budget: int, probe_every: int = 50) -> dict:
+  """Trains one student (plain architecture or UQ spec) on the answers and
+  scores it with `evaluate_model`; returns its results row."""
+  from modelsteal import uq  # pylint: disable=g-import-not-at-top
+  from modelsteal import victims  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks import evaluate_model, train_model  # pylint: disable=g-import-not-at-top
+  from modelsteal.uq.components import train_uq_model  # pylint: disable=g-import-not-at-top
+  if uq.is_uq_spec(arch):
+    spec = uq.parse_spec(arch)
+    base = spec.archs[0]
+    sres = train_uq_model.run(
+        p.wd, examples=labeled, probe=p.splits, spec=str(spec),
+        recipe=student_recipe(base, budget, cfg.smoke), targets='answers',
+        seed=cfg.seed, probe_every=probe_every)
+    arch = str(spec)
+  else:
+    sres = train_model.run(p.wd, examples=labeled, arch=arch,
+                           recipe=student_recipe(arch, budget, cfg.smoke),
+                           split='train', targets='answers', seed=cfg.seed)
+  p.steps.record(f'train student {arch} budget={budget}', sres)
+  sref = victims.victim_ref_from_model(sres['model'])
+  sev = evaluate_model.run(p.wd, splits=p.splits, query_splits=p.query_splits,
+                           model=sref, victim=p.victim_ref)
+  p.steps.record(f'evaluate student {arch} budget={budget}', sev)
+  m = sev['evaluation'].properties
+  return {'model': f'{arch}@{budget}', 'role': 'student', 'arch': arch,
+          'budget': budget, 'output': cfg.output,
+          'queries_paid': labeled.properties['queries_paid'], **m,
+          'normalized_accuracy': m['accuracy'] /
+          p.victim_row['accuracy'], 'train_s': round(sres.duration_s, 1),
+          'saved_model': sref['path'], 'model_dir': sres['model'].uri}
+
+
+def run(cfg: StealConfig):
+  """Runs the pipeline; returns (results DataFrame, output directory)."""
+  from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
+
+  started = time.time()
+  if cfg.rounds > 1:
+    from pipelines import rounds  # pylint: disable=g-import-not-at-top
+    return rounds.run(cfg, cfg.query_strategy.split(','), prepare,
+                      train_student)
+  p = prepare(cfg)
+  rows = [p.victim_row]
+  for b in p.budgets:
+    labeled = label(p, cfg, b)
+    for arch in p.students:
+      rows.append(train_student(p, cfg, labeled, arch, b))
 
   df = evaluation.results_frame(rows, evaluation.STEAL_COLUMNS)
+  df = df.drop(columns=['model_dir'])
   run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
-      [victim_name, cfg.output, (cfg.query_data or 'same'),
-       'b' + '_'.join(map(str, budgets))] + (['smoke'] if cfg.smoke else [])))
-  out_dir = os.path.join(wd, 'steal', run_name)
+      [p.victim_name, cfg.output, (cfg.query_data or 'same'),
+       'b' + '_'.join(map(str, p.budgets))] + (['smoke'] if cfg.smoke else [])))
+  out_dir = os.path.join(p.wd, 'steal', run_name)
   csv_path, json_path = evaluation.save_results(df, out_dir)
-  import pandas as pd  # pylint: disable=g-import-not-at-top
-  evaluation.save_results(pd.DataFrame(steps.rows, columns=[
-      'step', 'seconds', 'reused']), out_dir, stem='steps')
+  p.steps.save(out_dir)
   print('\n' + evaluation.format_table(df.drop(columns=['saved_model'])))
   print(evaluation.STEAL_LEGEND)
-  if len(budgets) > 1:
+  if len(p.budgets) > 1:
     plot = evaluation.plot_budget_sweep(
         df, os.path.join(out_dir, 'budget_sweep.png'),
-        title=f'stealing {victim_name} ({cfg.output} answers)')
+        title=f'stealing {p.victim_name} ({cfg.output} answers)')
     print(f'\nplot:     {plot}')
   print(f'results:  {csv_path}\n          {json_path}')
   for r in rows[1:]:
@@ -302,6 +394,7 @@ def config_from_flags() -> StealConfig:
       budget_flag=('--budgets' if _BUDGETS.value else '' if
                    flags.FLAGS['budget'].using_default_value else '--budget'),
       query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),
+      rounds=_ROUNDS.value, seed_size=_SEED_SIZE.value,
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)
 

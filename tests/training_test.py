@@ -48,3 +48,16 @@ def test_interrupted_training_resumes_from_backup(tmp_path):
   train_classifier('mnist_mlp', x, y, 4, cfg, backup_dir=str(tmp_path),
                    verbose=0, callbacks=[rec])
   assert rec.epochs == [2, 3]  # epochs 0 and 1 were not redone
+
+
+def test_recipe_params_keep_fingerprints_of_earlier_runs():
+  """Fields added after 0.1.0 stay out of a recipe's parameters while at
+  their defaults: a victim cached by 0.1.0 is not retrained."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from modelsteal.training import TrainConfig, recipe_params  # pylint: disable=g-import-not-at-top
+  assert set(recipe_params(TrainConfig())) == {
+      'epochs', 'batch_size', 'learning_rate', 'augment', 'weight_decay',
+      'label_smoothing'}
+  swa = dataclasses.replace(TrainConfig(), schedule='constant')
+  assert recipe_params(swa)['schedule'] == 'constant'
+  assert TrainConfig(**recipe_params(swa)) == swa

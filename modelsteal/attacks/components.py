@@ -76,6 +76,24 @@ def _class_count(examples: Examples, data: dict) -> int:
   return int(data['y'].max()) + 1
 
 
+def training_data(examples: Examples, split: str, targets: str):
+  """(split data, training targets, class count) of a labeled Examples.
+
+  `targets`: `y` (true labels: a victim) or `answers` (the victim's answers:
+  a student; soft targets when the answers were probabilities).
+  """
+  data = examples.load_split(split)
+  k = _class_count(examples, data)
+  if targets == 'answers':
+    t = data['answers'] if examples.properties.get('soft') else data[
+        'answers'].argmax(1)
+  elif targets == 'y':
+    t = data['y']
+  else:
+    raise ValueError(f"targets must be 'y' or 'answers', got {targets!r}.")
+  return data, t, k
+
+
 @component
 def train_model(*, examples: InputArtifact[Examples],
                 model: OutputArtifact[Model],
@@ -100,14 +118,7 @@ def train_model(*, examples: InputArtifact[Examples],
   from modelsteal import distribute  # pylint: disable=g-import-not-at-top
   from modelsteal.export import export_saved_model  # pylint: disable=g-import-not-at-top
   from modelsteal.training import TrainConfig, predict_probs, train_classifier  # pylint: disable=g-import-not-at-top
-  data = examples.load_split(split)
-  k = _class_count(examples, data)
-  if targets == 'answers':
-    t = data['answers'] if examples.properties.get('soft') else data['answers'].argmax(1)
-  elif targets == 'y':
-    t = data['y']
-  else:
-    raise ValueError(f"targets must be 'y' or 'answers', got {targets!r}.")
+  data, t, k = training_data(examples, split, targets)
   keras_model = train_classifier(
       arch, data['x'], t, k, TrainConfig(**recipe), seed=seed,
       strategy=distribute.current(),

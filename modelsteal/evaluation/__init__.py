@@ -127,3 +127,46 @@ def plot_budget_sweep(df: pd.DataFrame, path: str, title: str = '') -> str:
   if title:
     fig.suptitle(title)
   return _save_figure(fig, path)
+
+
+def plot_diversity(trace: pd.DataFrame, path: str, title: str = '',
+                   label: str = 'spec') -> str:
+  """Diversity against training step, one line per `label` value.
+
+  `trace` has columns `step`, `variance`, `disagreement`,
+  `mutual_information` (as `modelsteal.uq.trace_frame` writes them).
+  """
+  plt = _pyplot()
+  metrics = ('variance', 'disagreement', 'mutual_information')
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, metric in zip(axes, metrics):
+    ax.set_prop_cycle(color=plt.cm.tab10.colors)
+    for name, g in trace.groupby(label, sort=False):
+      g = g.sort_values('step')
+      ax.plot(g['step'], g[metric], marker='.', label=name)
+    ax.set_xlabel('training step')
+    ax.set_title(metric.replace('_', ' '))
+    ax.grid(True, alpha=0.3)
+  axes[0].set_ylabel('on the probe images')
+  axes[0].legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return _save_figure(fig, path)
+
+
+def plot_rounds(df: pd.DataFrame, path: str, title: str = '') -> str:
+  """Fidelity (and accuracy) against queries asked, one line per strategy."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  for ax, metric in zip(axes, ('fidelity', 'accuracy')):
+    for strategy, g in df.groupby('strategy', sort=False):
+      g = g.sort_values('queries')
+      ax.plot(g['queries'], 100 * g[metric], marker='o', label=strategy)
+    ax.set_xlabel('queries asked (budget spent)')
+    ax.set_ylabel(f'{metric} (%)')
+    ax.set_title(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return _save_figure(fig, path)
