@@ -90,3 +90,24 @@ def run_main(body: Callable[[], object], name: str) -> None:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f'{name}: error: {msg}', file=sys.stderr)
     sys.exit(2)
+
+
+class Steps:
+  """Prints each pipeline step with its time and whether it was reused;
+  `save` writes them as `steps.csv` / `steps.json`."""
+
+  def __init__(self, name: str):
+    self.name = name
+    self.rows = []
+
+  def record(self, label: str, result) -> None:
+    self.rows.append((label, result.duration_s, result.reused))
+    note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
+    print(f'[{self.name}] {label:<44} {note:>10}  {result.execution_dir}',
+          flush=True)
+
+  def save(self, out_dir: str) -> None:
+    import pandas as pd  # pylint: disable=g-import-not-at-top
+    from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
+    evaluation.save_results(pd.DataFrame(self.rows, columns=[
+        'step', 'seconds', 'reused']), out_dir, stem='steps')

@@ -118,25 +118,6 @@ def _shrink(ds, n_train=1200, n_test=300):
                              x_test=ds.x_test[:n_test], y_test=ds.y_test[:n_test])
 
 
-class _Steps:
-  """Prints each step with its time, and whether it was reused."""
-
-  def __init__(self, name: str = 'steal'):
-    self.name = name
-    self.rows = []
-
-  def record(self, label: str, result) -> None:
-    self.rows.append((label, result.duration_s, result.reused))
-    note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
-    print(f'[{self.name}] {label:<44} {note:>10}  {result.execution_dir}',
-          flush=True)
-
-  def save(self, out_dir: str) -> None:
-    """Writes `steps.csv` / `steps.json` (per-step time, reused or not)."""
-    import pandas as pd  # pylint: disable=g-import-not-at-top
-    from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.save_results(pd.DataFrame(self.rows, columns=[
-        'step', 'seconds', 'reused']), out_dir, stem='steps')
 
 
 @dataclasses.dataclass
@@ -152,7 +133,7 @@ class Prepared:
   victim_row: dict
   students: list
   budgets: list
-  steps: _Steps
+  steps: common.Steps
 
 
 def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
@@ -203,7 +184,7 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
   distribute.use(cfg.distribute)
   # Non-chief workers of a multi-worker run write to a private directory.
   wd = distribute.worker_workdir(os.path.abspath(cfg.workdir))
-  steps = _Steps(name)
+  steps = common.Steps(name)
 
   # Data: the victim's dataset, split into the victim's half and the
   # attacker's; the query data is the attacker's half unless said otherwise.

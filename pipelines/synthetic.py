@@ -152,25 +152,6 @@ def generated_queries(cfg, dataset, wd: str, steps, name: str = 'steal'):
   return res['mined']
 
 
-class _Steps:
-  """Prints each step with its time and whether it was reused; saves
-  them as `steps.csv` / `steps.json`."""
-
-  def __init__(self, name: str):
-    self.name = name
-    self.rows = []
-
-  def record(self, label: str, result) -> None:
-    self.rows.append((label, result.duration_s, result.reused))
-    note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
-    print(f'[{self.name}] {label:<44} {note:>10}  {result.execution_dir}',
-          flush=True)
-
-  def save(self, out_dir: str) -> None:
-    import pandas as pd  # pylint: disable=g-import-not-at-top
-    from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.save_results(pd.DataFrame(self.rows, columns=[
-        'step', 'seconds', 'reused']), out_dir, stem='steps')
 
 
 def _victim_dataset(cfg) -> str:
@@ -215,7 +196,7 @@ def run(cfg: SyntheticConfig):
           f'{SMOKE_PER_CLASS}.', flush=True)
     sizes = sorted({min(n, SMOKE_PER_CLASS) for n in sizes})
   wd = os.path.abspath(cfg.workdir)
-  steps = _Steps('synthetic')
+  steps = common.Steps('synthetic')
   dataset_name = cfg.dataset or 'mnist'
   dataset, splits = train_generator_pipeline.split_like_steal(
       dataset_name, cfg.data_dir, cfg.seed, cfg.smoke, wd, 'synthetic')
