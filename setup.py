@@ -24,8 +24,10 @@ NTGA = [
 ]
 SERVE = ['aiohttp>=3.9', 'requests>=2.31',
          'orjson>=3.9']  # optional speed-up of JSON; json is the fallback
-# nbclient, nbformat, ipykernel: tests/notebooks_test.py runs the notebooks.
-TEST = ['pytest>=8', 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29']
+# nbclient, nbformat, ipykernel: tests/notebooks_test.py runs the notebooks;
+# pytest-xdist: the suite runs on two workers (pytest.ini).
+TEST = ['pytest>=8', 'pytest-xdist>=3.5', 'nbclient>=0.10', 'nbformat>=5.10',
+        'ipykernel>=6.29']
 
 setuptools.setup(
     name='modelsteal',
