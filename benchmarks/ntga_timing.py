@@ -11,11 +11,12 @@ cost does not depend on them) three ways:
   straightforward version);
 * `nt+blocked`: this package's `NTGA.loss_and_grad` (block kernel and GP
   weights once per step, validation in batches) on neural-tangents kernels;
-* `ours`: the same with the closed-form FNN kernel (fnn only).
+* `ours`: the same with the closed-form kernel (`fnn_ntk`, `cnn_ntk`).
 
 Prints a table (median of --repeats after one warm-up call that compiles) and
-appends it to --out (CSV). Pin it to one core for figures that mean something
-on a shared machine.
+appends it to --out (CSV). XLA gets one single-threaded CPU device per core
+the process may use (`modelsteal.ntga.cpu`): `taskset -c 1` times one core,
+no taskset both. `--shape=32,32,3` times the CIFAR-10 shape.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per method.')
 _METHODS = flags.DEFINE_list('methods', ['naive', 'nt+blocked', 'ours'],
                              'Methods to time.')
 _VAL_BATCH = flags.DEFINE_integer('val_batch_size', 0, '0: surrogate default.')
-_OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing.csv', 'CSV to append.')
+_OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing_shape.csv', 'CSV to append.')
+_SHAPE = flags.DEFINE_list('shape', ['28', '28', '1'], 'Image shape H,W,C.')
 
 
 def main(argv):
   del argv
+  from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
+  cpu.configure()  # one single-threaded XLA device per available core
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -48,12 +52,15 @@ def main(argv):
 
   rng = np.random.default_rng(0)
   n_val, n_b = _N_VAL.value, _BLOCK.value
-  xv = rng.random((n_val, 28, 28, 1), dtype=np.float32)
+  shape = tuple(int(v) for v in _SHAPE.value)
+  xv = rng.random((n_val,) + shape, dtype=np.float32)
   yv = rng.integers(0, 10, n_val)
-  xb = rng.random((n_b, 28, 28, 1), dtype=np.float32)
+  xb = rng.random((n_b,) + shape, dtype=np.float32)
   yb = rng.integers(0, 10, n_b)
   sur = _SURROGATE.value
-  nt_kernel = kernels.nt_fnn() if sur == 'fnn' else kernels.nt_cnn(10)
+  nt_kernel = None
+  if set(_METHODS.value) & {'naive', 'nt+blocked'}:  # needs neural-tangents
+    nt_kernel = kernels.nt_fnn() if sur == 'fnn' else kernels.nt_cnn(10)
   bs = _VAL_BATCH.value or kernels.get_surrogate(sur, 10).val_batch_size
   rows = []
 
@@ -67,8 +74,8 @@ def main(argv):
       fn()
       ts.append(time.time() - t0)
     med = float(np.median(ts))
-    rows.append((sur, name, n_b, n_val, first, med))
-    print(f'{sur:4} {name:11} block {n_b} x val {n_val}: first call '
+    rows.append((sur, name, 'x'.join(map(str, shape)), n_b, n_val, first, med))
+    print(f'{sur:4} {name:11} {shape} block {n_b} x val {n_val}: first call '
           f'{first:7.2f}s, then {med:7.3f}s per gradient', flush=True)
 
   for method in _METHODS.value:
@@ -89,9 +96,9 @@ def main(argv):
       g = jax.jit(jax.grad(loss))
       timed('naive', lambda: g(jnp.asarray(xb), xv_j, yv_j).block_until_ready())
     elif method in ('nt+blocked', 'ours'):
-      if method == 'ours' and sur != 'fnn':
-        continue
-      fn = kernels.fnn_ntk if method == 'ours' else nt_kernel
+      fn = nt_kernel
+      if method == 'ours':
+        fn = kernels.get_surrogate(sur, 10).kernel_fn
       att = attack.NTGA(fn, xv, yv, 10,
                         attack.AttackConfig(val_batch_size=bs))
       timed(method, lambda: att.loss_and_grad(xb, yb))
@@ -99,8 +106,8 @@ def main(argv):
   new = not os.path.exists(_OUT.value)
   with open(_OUT.value, 'a') as f:
     if new:
-      f.write('surrogate,method,block,n_val,first_call_s,seconds_per_gradient,'
-              'devices\n')
+      f.write('surrogate,method,shape,block,n_val,first_call_s,'
+              'seconds_per_gradient,devices\n')
     for r in rows:
       f.write(','.join(str(v) for v in r) + f',{len(jax.devices())}x'
               f'{jax.devices()[0].platform}\n')

@@ -56,16 +56,24 @@ _NB_ITER = flags.DEFINE_integer('nb_iter', 10, 'PGD steps per block.')
 _EPS_ITER = flags.DEFINE_float('eps_iter', None,
                                'PGD step; default min(eps, 2.5 * eps / nb_iter).')
 _RAND_INIT = flags.DEFINE_bool('rand_init', False, 'PGD random start.')
-_VAL_SIZE = flags.DEFINE_integer('val_size', 10000,
-                                 'Validation target images held out.')
+_VAL_SIZE = flags.DEFINE_integer(
+    'val_size', 10000, 'Validation target: training images held out of the '
+    'poisoned set whose surrogate loss the attack maximises. Each gradient '
+    'costs time in proportion to it: a smaller target fits a time budget but '
+    'makes the objective noisier (recorded as validation_target).')
+_OFFICIAL = flags.DEFINE_bool(
+    'official', False, "The official code's procedure instead of PGD: one "
+    'gradient at the clean block, one signed step of the full eps '
+    '(--nb_iter, --eps_iter ignored).')
 _PRECISION = flags.DEFINE_enum('precision', 'float32', ['float32', 'float64'],
                                'Floating point precision of the attack.')
 _KERNEL_IMPL = flags.DEFINE_enum(
     'kernel_impl', 'closed_form', ['closed_form', 'nt'],
-    'FNN kernel: closed_form (fast) or nt (neural-tangents stax).')
+    'Surrogate kernel: closed_form (fnn_ntk / cnn_ntk, fast) or nt '
+    "(neural-tangents' stax, for comparison).")
 _VAL_BATCH = flags.DEFINE_integer(
     'val_batch_size', 0, 'Validation images per batch and device (0: '
-    'surrogate default, fnn 500, cnn 50).')
+    'surrogate default, fnn 500, cnn 64).')
 _EXPORT_NPZ = flags.DEFINE_string('export_npz', None,
                                   'Also write the poisoned set to this .npz.')
 
@@ -86,6 +94,7 @@ class NtgaConfig:
   precision: str = 'float32'
   kernel_impl: str = 'closed_form'
   val_batch_size: int = 0
+  official: bool = False
   export_npz: str | None = None
   workdir: str = './runs'
   seed: int = 0
@@ -123,7 +132,8 @@ def run(cfg: NtgaConfig):
       eps_iter=cfg.eps_iter or 0.0, t=t, nb_iter=nb_iter,
       block_size=block_size, val_size=val_size, train_size=train_size,
       seed=cfg.seed, rand_init=cfg.rand_init, precision=cfg.precision,
-      kernel_impl=cfg.kernel_impl, val_batch_size=cfg.val_batch_size)
+      kernel_impl=cfg.kernel_impl, val_batch_size=cfg.val_batch_size,
+      official=cfg.official)
   art = result['poisoned']
   p = art.properties
   note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
@@ -132,7 +142,8 @@ def run(cfg: NtgaConfig):
                   f'{p["sizes"]["val"]} validation target)'),
       ('surrogate', f'{p["surrogate"]}: {p["surrogate_description"]}'),
       ('eps / eps_iter / nb_iter / t',
-       f'{p["eps"]:g} / {p["eps_iter"]:g} / {p["nb_iter"]} / {p["t"]:g}'),
+       f'{p["eps"]:g} / {p["eps_iter"]:g} / {p["nb_iter"]} / {p["t"]:g}'
+       + (' (official one-step mode)' if cfg.official else '')),
       ('blocks', f'{p["blocks"]} of ~{p["sizes"]["train"] // p["blocks"]}'),
       ('surrogate val loss', f'{p["surrogate_val_loss"]["clean"]:.4f} -> '
                              f'{p["surrogate_val_loss"]["poisoned"]:.4f}'),
@@ -167,7 +178,8 @@ def config_from_flags() -> NtgaConfig:
       eps_iter=_EPS_ITER.value, rand_init=_RAND_INIT.value,
       val_size=_VAL_SIZE.value, train_size=common.TRAIN_SIZE.value,
       precision=_PRECISION.value, kernel_impl=_KERNEL_IMPL.value,
-      val_batch_size=_VAL_BATCH.value, export_npz=_EXPORT_NPZ.value,
+      val_batch_size=_VAL_BATCH.value, official=_OFFICIAL.value,
+      export_npz=_EXPORT_NPZ.value,
       workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)
 
@@ -175,6 +187,8 @@ def config_from_flags() -> NtgaConfig:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
+  cpu.configure()  # one single-threaded XLA device per core (see cpu.py)
   common.run_main(lambda: run(config_from_flags()), 'ntga')
 
 

@@ -61,6 +61,86 @@ def test_closed_form_fnn_kernel_matches_neural_tangents():
                              atol=1e-5 * float(jnp.max(jnp.abs(g_ref))))
 
 
+def _cnn_inputs(shape, seed=0):
+  """Images with the cases where the ReLU correlation reaches 1: an all-zero
+  image (every window zero), zero borders (zero windows on both sides) and a
+  near-copy (correlation just below 1)."""
+  rng = np.random.default_rng(seed)
+  a = rng.random((5,) + shape)
+  a[0] = 0.0
+  a[1, :3], a[1, :, :3] = 0.0, 0.0
+  b = rng.random((4,) + shape)
+  b[0] = a[1] + 0.01 * (a[1] > 0)
+  b[1] = 0.0
+  b[2, :3], b[2, :, :3] = 0.0, 0.0
+  return jnp.asarray(a), jnp.asarray(b)
+
+
+def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64():
+  with enable_x64():
+    a, b = _cnn_inputs((9, 7, 2))  # odd sizes: asymmetric SAME padding
+    ref = kernels.nt_cnn(10)
+    rng = np.random.default_rng(1)
+    r = jnp.asarray(rng.normal(size=(5, 4)))
+    # tile=2 also runs the tiled path (lax.map over rows of x1)
+    ours = lambda x, y: kernels.cnn_ntk(x, y, tile=2)
+    # Values: float64 round-off only, except where a correlation is exactly
+    # 1 (all-zero pairs), where both sides' sqrt(prod - k^2) is round-off
+    # of ~1e-9 relative.
+    np.testing.assert_allclose(ours(a, b), ref(a, b), rtol=1e-8)
+    for argnums in (0, 1):
+      g = jax.grad(lambda x, y: jnp.sum(ours(x, y) * r), argnums)(a, b)
+      g_ref = jax.grad(lambda x, y: jnp.sum(ref(x, y) * r), argnums)(a, b)
+      assert np.all(np.isfinite(g))
+      np.testing.assert_allclose(g, g_ref, rtol=1e-9,
+                                 atol=1e-12 * float(jnp.max(jnp.abs(g_ref))))
+    # The block kernel: x through both arguments, identical images on the
+    # diagonal (the derivative there exists only along x1 = x2).
+    w = jnp.asarray(rng.normal(size=(5, 5)))
+    g = jax.grad(lambda x: jnp.sum(ours(x, x) * w))(a)
+    g_ref = jax.grad(lambda x: jnp.sum(ref(x, x) * w))(a)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-7,
+                               atol=1e-9 * float(jnp.max(jnp.abs(g_ref))))
+
+
+def test_closed_form_cnn_kernel_in_float32_and_cifar_shape():
+  rng = np.random.default_rng(2)
+  a = jnp.asarray(rng.random((3, 32, 32, 3), dtype=np.float32))
+  b = jnp.asarray(rng.random((2, 32, 32, 3), dtype=np.float32))
+  k = jax.jit(kernels.cnn_ntk)(a, b)
+  assert k.shape == (3, 2) and k.dtype == jnp.float32
+  np.testing.assert_allclose(k, kernels.nt_cnn(10)(a, b), rtol=1e-5)
+  g = jax.grad(lambda x: jnp.sum(kernels.cnn_ntk(x, x)))(a)
+  assert g.shape == a.shape and np.all(np.isfinite(g))
+
+
+def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):
+  from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
+  assert cpu.available_cores() >= 1
+  # JAX already runs in this process: nothing may change
+  monkeypatch.setenv('XLA_FLAGS', '--foo=1')
+  jax.devices()
+  assert cpu.configure() is None
+  assert os.environ['XLA_FLAGS'] == '--foo=1'
+  code = r'''
+import os
+from modelsteal.ntga import cpu
+flags = cpu.configure()
+assert '--xla_force_host_platform_device_count=3' in flags, flags
+assert '--xla_cpu_multi_thread_eigen=false' in flags
+assert '--xla_cpu_multi_thread_eigen=true' not in flags or True
+import jax
+print('devices', len(jax.devices()))
+'''
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', code], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'devices 3' in out.stdout  # the user's own setting won
+
+
 def test_fast_arcsin_is_accurate():
   x = jnp.linspace(-1.0, 1.0, 10001, dtype=jnp.float32)
   err = jnp.max(jnp.abs(kernels._asin(x) - jnp.arcsin(x)))  # pylint: disable=protected-access
@@ -200,6 +280,24 @@ def test_cnn_surrogate_attack_raises_loss():
   assert np.abs(x_adv - x[:10]).max() <= 0.1 + 1e-6
 
 
+def test_official_mode_is_one_gradient_and_one_full_eps_signed_step():
+  x, y = synthetic_images(30, num_classes=3, size=8, seed=5)
+  x[:10, :2] = 0.0  # pixels that the clip at 0 must hold
+  cfg = attack_lib.AttackConfig(eps=0.1, nb_iter=5, eps_iter=0.01, t=8.0,
+                                val_batch_size=10, official=True)
+  att = attack_lib.NTGA(kernels.cnn_ntk, x[10:], y[10:], 3, cfg)
+  _, _, g = att.loss_and_grad(x[:10], y[:10])
+  assert att.gradients == 1
+  x_adv, st = att.attack_block(x[:10], y[:10])
+  assert att.gradients == 2  # one more: official mode ignores nb_iter
+  assert len(st['loss']) == 2  # before and after the single step
+  expected = np.clip(x[:10] + 0.1 * np.sign(g), 0.0, 1.0)
+  np.testing.assert_allclose(x_adv, expected, atol=1e-6)
+  assert st['loss'][1] > st['loss'][0]
+  with pytest.raises(ValueError, match='official'):
+    attack_lib.AttackConfig(official=True, rand_init=True).validate()
+
+
 # ---------------------------------------------------------------- component
 def test_component_keeps_labels_and_order_and_is_deterministic(tmp_path):
   ex = _tiny_examples(tmp_path)
@@ -240,11 +338,13 @@ def test_component_keeps_labels_and_order_and_is_deterministic(tmp_path):
                                         **_TINY).reused
 
 
-def test_resume_after_interruption_equals_uninterrupted(tmp_path,
-                                                        monkeypatch):
+@pytest.mark.parametrize('surrogate', ['fnn', 'cnn'])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch,
+                                                        surrogate):
   ex = _tiny_examples(tmp_path)
   whole = generate_lib.generate_ntga.run(str(tmp_path / 'whole'), examples=ex,
-                                         rand_init=True, **_TINY)
+                                         rand_init=True, surrogate=surrogate,
+                                         **_TINY)
   original = attack_lib.NTGA.attack_block
   calls = []
 
@@ -257,14 +357,15 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path,
   monkeypatch.setattr(attack_lib.NTGA, 'attack_block', interrupted)
   wd = str(tmp_path / 'resumed')
   with pytest.raises(KeyboardInterrupt):
-    generate_lib.generate_ntga.run(wd, examples=ex, rand_init=True, **_TINY)
+    generate_lib.generate_ntga.run(wd, examples=ex, rand_init=True,
+                                   surrogate=surrogate, **_TINY)
   assert len(glob.glob(os.path.join(wd, 'generate_ntga', '.scratch-*',
                                     'block_*.npz'))) == 2
   assert not glob.glob(os.path.join(wd, 'generate_ntga', '*',
                                     'execution.json'))
   calls.clear()
   resumed = generate_lib.generate_ntga.run(wd, examples=ex, rand_init=True,
-                                           **_TINY)
+                                           surrogate=surrogate, **_TINY)
   assert len(calls) == 1  # only the unfinished block was computed
   a = whole['poisoned'].load_split('train')
   b = resumed['poisoned'].load_split('train')
@@ -280,12 +381,13 @@ from tests.conftest import synthetic_images
 assert len(jax.devices()) == 2
 x, y = synthetic_images(70, num_classes=3, size=6, seed=3)
 cfg = attack.AttackConfig(eps=0.1, nb_iter=2, t=16.0, val_batch_size=8)
-one = attack.NTGA(kernels.fnn_ntk, x[20:], y[20:], 3, cfg, jax.devices()[:1])
-two = attack.NTGA(kernels.fnn_ntk, x[20:], y[20:], 3, cfg)
-l1, _, g1 = one.loss_and_grad(x[:20], y[:20])
-l2, _, g2 = two.loss_and_grad(x[:20], y[:20])
-np.testing.assert_allclose(l1, l2, rtol=1e-5)
-np.testing.assert_allclose(g1, g2, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
+for fn in (kernels.fnn_ntk, kernels.cnn_ntk):
+  one = attack.NTGA(fn, x[20:], y[20:], 3, cfg, jax.devices()[:1])
+  two = attack.NTGA(fn, x[20:], y[20:], 3, cfg)
+  l1, _, g1 = one.loss_and_grad(x[:20], y[:20])
+  l2, _, g2 = two.loss_and_grad(x[:20], y[:20])
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  np.testing.assert_allclose(g1, g2, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
 print('OK', two.n_devices)
 '''
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
@@ -324,3 +426,18 @@ def test_pipeline_smoke_export_and_reuse(tiny_npz, tmp_path, capsys):
     with pytest.raises(SystemExit):
       ntga_pipeline.main(['ntga'])
   assert 'eps must be' in capsys.readouterr().err
+
+
+def test_pipeline_smoke_cnn_official(tiny_npz, tmp_path, capsys):
+  from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
+  with flagsaver.flagsaver(dataset=tiny_npz, workdir=str(tmp_path), smoke=True,
+                           surrogate='cnn', official=True):
+    ntga_pipeline.main(['ntga'])
+  out = capsys.readouterr().out
+  assert 'official one-step mode' in out and 'poisoned:' in out
+  rec = glob.glob(str(tmp_path / 'generate_ntga' / '*' / 'poisoned' /
+                      'artifact.json'))
+  with open(rec[0]) as f:
+    props = json.load(f)['properties']
+  assert props['mode'] == 'official one-step' and props['nb_iter'] == 1
+  assert 'held out' in props['validation_target']

@@ -20,7 +20,8 @@ purpose:
 * a real PGD: steps of `eps_iter` from the current iterate, projected onto the
   eps ball around the clean block and onto [0, 1] after every step, optional
   uniform random start (the official loop restarts from the clean block with a
-  full-eps step each iteration: one FGSM step, repeated);
+  full-eps step each iteration: one FGSM step, repeated; `official=True`
+  reproduces that: one gradient, one full-eps step);
 * f(K_bb + r I) Y_b is computed once per step from one `eigh` with a
   hand-written backward pass (Daleckii-Krein divided differences), stable for
   close eigenvalues; `nt.predict.gradient_descent_mse` caches its
@@ -40,9 +41,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +57,9 @@ class AttackConfig:
     diag_reg: diagonal regulariser relative to the block kernel's mean
       diagonal.
     rand_init: start from a uniform random point of the eps ball.
+    official: the official code's procedure instead of PGD: one gradient
+      at the clean block and one step of the full eps along its sign
+      (`nb_iter` and `eps_iter` are then ignored; `rand_init` must be off).
     precision: `float32` or `float64`.
     val_batch_size: validation images per batch and device (memory bound).
   """
@@ -70,9 +71,16 @@ class AttackConfig:
   rand_init: bool = False
   precision: str = 'float32'
   val_batch_size: int = 500
+  official: bool = False
+
+  @property
+  def steps(self) -> int:
+    return 1 if self.official else self.nb_iter
 
   @property
   def step(self) -> float:
+    if self.official:
+      return self.eps
     if self.eps_iter:
       return self.eps_iter
     return min(self.eps, 2.5 * self.eps / max(self.nb_iter, 1))
@@ -84,6 +92,9 @@ class AttackConfig:
     if not 0 < self.step <= self.eps:
       raise ValueError(f'eps_iter must be in (0, eps={self.eps}], got '
                        f'{self.step}.')
+    if self.official and self.rand_init:
+      raise ValueError('official mode starts from the clean block: drop '
+                       'rand_init.')
     if self.nb_iter < 1:
       raise ValueError(f'nb_iter must be at least 1, got {self.nb_iter}.')
     if self.t <= 0:
@@ -185,22 +196,48 @@ def _compiled(kernel_fn: Callable, t: float, reg: float):
   """The jitted pieces of one step, shared by attacks with the same settings
   (XLA compiles once per kernel, t and shapes, not once per `NTGA`)."""
 
-  def alpha_fn(xb, yb):
-    return gp_weights(kernel_fn(xb, xb), yb, t, reg)
+  def kernel_rows(xb, lo, hi):
+    return kernel_fn(xb[lo:hi], xb)
+
+  def rows_vjp(xb, k_bar_rows, lo, hi):
+    # x enters the rows [lo, hi) of K(x, x) through both arguments; the parts
+    # of all devices add up to the gradient of the whole block kernel. A
+    # kernel whose backward pass recomputes what it needs (`cnn_ntk`) is not
+    # evaluated forward here: XLA drops the unused primal.
+    return jax.vjp(lambda x: kernel_fn(x[lo:hi], x), xb)[1](k_bar_rows)[0]
+
+  def alpha_fn(k_bb, yb):
+    return gp_weights(k_bb, yb, t, reg)
+
+  def gp_vjp(k_bb, yb, g):
+    return jax.vjp(lambda k: gp_weights(k, yb, t, reg), k_bb)[1](g)[0]
 
   def chunk_loss(xb, alpha, xv, yv, wv):
     logits = kernel_fn(xv, xb) @ alpha
     correct = jnp.sum(wv * (jnp.argmax(logits, -1) == jnp.argmax(yv, -1)))
     return cross_entropy(logits, yv, wv), correct
 
-  alpha_vjp = lambda xb, yb, g: jax.vjp(lambda x: alpha_fn(x, yb), xb)[1](g)[0]
-  return (jax.jit(alpha_fn), jax.jit(alpha_vjp),
+  return (jax.jit(kernel_rows, static_argnums=(1, 2)),
+          jax.jit(rows_vjp, static_argnums=(2, 3)),
+          jax.jit(alpha_fn), jax.jit(gp_vjp),
           jax.jit(jax.value_and_grad(chunk_loss, argnums=(0, 1), has_aux=True)),
           jax.jit(chunk_loss))
 
 
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+  """[lo, hi) row ranges of n rows in `parts` near-equal parts."""
+  edges = np.linspace(0, n, parts + 1).round().astype(int)
+  return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 class NTGA:
   """Block-wise NTGA against one validation target.
+
+  Work is spread over `devices` by dispatch, not by SPMD partitioning: each
+  validation batch lives on one device (round robin) and each device
+  computes its share of the block kernel's rows; JAX runs the devices'
+  calls concurrently and the host adds the parts. (XLA's SPMD partitioner
+  on the CPU turned the tiled CNN kernel into a program that did not finish.)
 
   Args:
     kernel_fn: surrogate NTK (x1, x2) -> (N1, N2), see `kernels`.
@@ -208,7 +245,7 @@ class NTGA:
     y_val: int (N_val,) their labels.
     num_classes: K.
     config: `AttackConfig`.
-    devices: JAX devices for the validation batches (default: all).
+    devices: JAX devices to use (default: all).
   """
 
   def __init__(self, kernel_fn: Callable, x_val: np.ndarray, y_val: np.ndarray,
@@ -221,12 +258,9 @@ class NTGA:
         jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64):
       raise ValueError('precision float64 needs JAX x64 mode: run inside '
                        '`jax.experimental.enable_x64()`.')
-    devices = list(devices or jax.devices())
-    self.n_devices = len(devices)
-    mesh = Mesh(np.array(devices), ('val',))
-    self._sharded = NamedSharding(mesh, P('val'))
-    self._replicated = NamedSharding(mesh, P())
-    chunk = config.val_batch_size * self.n_devices
+    self.devices = list(devices or jax.devices())
+    self.n_devices = len(self.devices)
+    chunk = config.val_batch_size
     n_val = len(x_val)
     n_pad = (-n_val) % chunk
     np_dtype = np.dtype(self.config.precision)
@@ -236,42 +270,66 @@ class NTGA:
     yv = np.concatenate([yv, np.zeros((n_pad, self.num_classes), np_dtype)])
     wv = np.concatenate([np.ones(n_val, np_dtype), np.zeros(n_pad, np_dtype)])
     self.n_val = n_val
-    self._val = [tuple(jax.device_put(a[i:i + chunk], self._sharded)
-                       for a in (xv, yv, wv))
-                 for i in range(0, len(xv), chunk)]
-    (self._alpha, self._alpha_vjp, self._chunk_grad,
-     self._chunk_loss) = _compiled(kernel_fn, float(config.t),
-                                   float(config.diag_reg))
+    self._val = []  # (device index, x, y, w)
+    for k, i in enumerate(range(0, len(xv), chunk)):
+      d = k % self.n_devices
+      self._val.append((d,) + tuple(jax.device_put(a[i:i + chunk],
+                                                   self.devices[d])
+                                    for a in (xv, yv, wv)))
+    (self._kernel_rows, self._rows_vjp, self._alpha_of, self._gp_vjp,
+     self._chunk_grad, self._chunk_loss) = _compiled(
+         kernel_fn, float(config.t), float(config.diag_reg))
+    self.gradients = 0  # loss_and_grad calls, for records and tests
 
-  def _put(self, x):
-    return jax.device_put(jnp.asarray(x, self.dtype), self._replicated)
+  def _on_all(self, x):
+    x = np.asarray(x, self.config.precision)
+    return [jax.device_put(x, d) for d in self.devices]
 
-  def _onehot(self, yb):
-    return self._put(np.eye(self.num_classes)[np.asarray(yb)])
+  def _to(self, x, d: int):
+    return jax.device_put(x, self.devices[d])
+
+  def _block(self, xb, yb):
+    """Block on every device, its kernel's row parts, K_bb and alpha."""
+    xbs = self._on_all(xb)
+    parts = _split(len(xb), self.n_devices)
+    rows = [self._kernel_rows(xbs[d], lo, hi)
+            for d, (lo, hi) in enumerate(parts)]
+    k_bb = jnp.concatenate([self._to(r, 0) for r in rows], axis=0)
+    yb1 = self._to(np.eye(self.num_classes,
+                          dtype=self.config.precision)[np.asarray(yb)], 0)
+    alpha = self._alpha_of(k_bb, yb1)
+    alphas = [alpha] + [self._to(alpha, d) for d in range(1, self.n_devices)]
+    return xbs, parts, k_bb, yb1, alphas
 
   def loss(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, float]:
     """Mean validation cross-entropy and accuracy of the GP trained on x_b."""
-    xb, yb1 = self._put(xb), self._onehot(yb)
-    alpha = self._alpha(xb, yb1)
-    total, correct = 0.0, 0.0
-    for xv, yv, wv in self._val:
-      l, c = self._chunk_loss(xb, alpha, xv, yv, wv)
-      total, correct = total + l, correct + c
-    return float(total) / self.n_val, float(correct) / self.n_val
+    xbs, _, _, _, alphas = self._block(xb, yb)
+    acc = [[0.0, 0.0] for _ in self.devices]
+    for d, xv, yv, wv in self._val:
+      l, c = self._chunk_loss(xbs[d], alphas[d], xv, yv, wv)
+      acc[d] = [acc[d][0] + l, acc[d][1] + c]
+    total = sum(float(a[0]) for a in acc)
+    correct = sum(float(a[1]) for a in acc)
+    return total / self.n_val, correct / self.n_val
 
   def loss_and_grad(self, xb: np.ndarray, yb: np.ndarray):
     """(mean loss, accuracy, d mean loss / d x_b as float (n, H, W, C))."""
-    xb, yb1 = self._put(xb), self._onehot(yb)
-    alpha = self._alpha(xb, yb1)
-    total, correct = 0.0, 0.0
-    g_x, g_alpha = jnp.zeros_like(xb), jnp.zeros_like(alpha)
-    for xv, yv, wv in self._val:
-      (l, c), (gx, ga) = self._chunk_grad(xb, alpha, xv, yv, wv)
-      total, correct = total + l, correct + c
-      g_x, g_alpha = g_x + gx, g_alpha + ga
-    g_x = g_x + self._alpha_vjp(xb, yb1, g_alpha)
-    return (float(total) / self.n_val, float(correct) / self.n_val,
-            np.asarray(g_x) / self.n_val)
+    xbs, parts, k_bb, yb1, alphas = self._block(xb, yb)
+    acc = [None] * self.n_devices  # per device: loss, correct, g_x, g_alpha
+    for d, xv, yv, wv in self._val:  # dispatched asynchronously
+      (l, c), (gx, ga) = self._chunk_grad(xbs[d], alphas[d], xv, yv, wv)
+      acc[d] = ((l, c, gx, ga) if acc[d] is None else
+                tuple(a + b for a, b in zip(acc[d], (l, c, gx, ga))))
+    acc = [a for a in acc if a is not None]
+    total = sum(float(a[0]) for a in acc)
+    correct = sum(float(a[1]) for a in acc)
+    g_alpha = sum(self._to(a[3], 0) for a in acc)
+    k_bar = self._gp_vjp(k_bb, yb1, g_alpha)
+    g_x = [self._rows_vjp(xbs[d], self._to(k_bar[lo:hi], d), lo, hi)
+           for d, (lo, hi) in enumerate(parts)]
+    g = sum(np.asarray(x) for x in g_x) + sum(np.asarray(a[2]) for a in acc)
+    self.gradients += 1
+    return total / self.n_val, correct / self.n_val, g / self.n_val
 
   def attack_block(self, xb: np.ndarray, yb: np.ndarray, key=None,
                    callback: Callable[[int, float], None] | None = None):
@@ -299,7 +357,7 @@ class NTGA:
                                             maxval=cfg.eps), np_dtype)
       x = np.clip(x0 + noise, lo, hi)
     losses, accs = [], []
-    for i in range(cfg.nb_iter):
+    for i in range(cfg.steps):
       loss, acc, g = self.loss_and_grad(x, yb)
       losses.append(loss)
       accs.append(acc)

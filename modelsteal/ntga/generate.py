@@ -157,7 +157,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
                   rand_init: Parameter[bool] = False,
                   precision: Parameter[str] = 'float32',
                   kernel_impl: Parameter[str] = 'closed_form',
-                  val_batch_size: Parameter[int] = 0):
+                  val_batch_size: Parameter[int] = 0,
+                  official: Parameter[bool] = False):
   """Poisons a training set with block-wise NTGA (see the module docstring).
 
   Args:
@@ -176,9 +177,13 @@ def generate_ntga(*, examples: InputArtifact[Examples],
     diag_reg: GP diagonal regulariser, relative to the mean diagonal.
     rand_init: PGD random start.
     precision: float32 or float64.
-    kernel_impl: FNN kernel: closed_form (fast) or nt (neural-tangents).
+    kernel_impl: closed_form (`fnn_ntk` / `cnn_ntk`, fast) or nt
+      (neural-tangents' stax kernels).
     val_batch_size: validation images per batch and device; 0: the
       surrogate's default.
+    official: the official code's procedure (one gradient at the clean
+      block, one full-eps signed step) instead of PGD; nb_iter and eps_iter
+      are ignored.
   """
   from modelsteal.ntga import attack as attack_lib  # pylint: disable=g-import-not-at-top
   from modelsteal.ntga import kernels  # pylint: disable=g-import-not-at-top
@@ -197,14 +202,16 @@ def generate_ntga(*, examples: InputArtifact[Examples],
   cfg = attack_lib.AttackConfig(
       eps=eps, eps_iter=eps_iter or None, nb_iter=nb_iter, t=t,
       diag_reg=diag_reg, rand_init=rand_init, precision=precision,
-      val_batch_size=val_batch_size or sur.val_batch_size)
+      val_batch_size=val_batch_size or sur.val_batch_size, official=official)
   cfg.validate()
   scratch = scratch_dir()
   devices = jax.devices()
   print(f'[ntga] {len(poison_order)} images in {len(blocks)} block(s) of '
         f'~{len(blocks[0])}, validation target {len(val_idx)} images, '
         f'surrogate {surrogate} ({sur.description}), eps={eps:g}, '
-        f'eps_iter={cfg.step:g}, nb_iter={nb_iter}, t={t:g}, {precision}, '
+        f'eps_iter={cfg.step:g}, '
+        + ('official one-step mode' if official else f'nb_iter={nb_iter}')
+        + f', t={t:g}, {precision}, '
         f'{len(devices)} x {devices[0].platform} device(s); finished blocks '
         f'are kept in {scratch}', flush=True)
 
@@ -229,7 +236,7 @@ def generate_ntga(*, examples: InputArtifact[Examples],
         def step_line(i, loss, b=b, t0=t0):
           # slow surrogates (CNN on a CPU): a line per PGD step too
           if time.time() - t0 > 20:
-            print(f'[ntga]   block {b + 1} step {i + 1}/{nb_iter}: val loss '
+            print(f'[ntga]   block {b + 1} step {i + 1}/{cfg.steps}: val loss '
                   f'{loss:.4f}, {time.time() - t0:.0f}s into the block',
                   flush=True)
 
@@ -281,9 +288,15 @@ def generate_ntga(*, examples: InputArtifact[Examples],
       'attack': 'NTGA (Yuan & Wu 2021), block-wise',
       'surrogate': surrogate,
       'surrogate_description': sur.description,
-      'eps': eps, 'eps_iter': cfg.step, 'nb_iter': nb_iter, 't': t,
+      'eps': eps, 'eps_iter': cfg.step, 'nb_iter': cfg.steps, 't': t,
+      'mode': 'official one-step' if official else 'PGD',
       'block_size': block_size, 'blocks': len(blocks),
       'val_size': int(len(val_idx)), 'seed': seed, 'rand_init': rand_init,
+      'validation_target': (
+          f'{len(val_idx)} training images held out of the poisoned set; the '
+          'attack maximises the surrogate GP loss on them, so a smaller '
+          'target makes each gradient proportionally cheaper and the '
+          'attack\'s objective noisier'),
       'diag_reg': diag_reg, 'precision': precision,
       'kernel_impl': kernel_impl, 'val_batch_size': cfg.val_batch_size,
       'sizes': {'train': int(len(idx_sorted)), 'val': int(len(val_idx)),
@@ -294,7 +307,7 @@ def generate_ntga(*, examples: InputArtifact[Examples],
       'surrogate_val_accuracy': {'clean': acc0, 'poisoned': acc1},
       # median: the first block also pays for compilation
       'seconds_per_block_iteration': (
-          float(np.median(seconds) / nb_iter) if seconds else None),
+          float(np.median(seconds) / cfg.steps) if seconds else None),
       'seconds_attack': float(np.sum(seconds)) if seconds else None,
       'seconds_total': time.time() - started,
       'devices': f'{len(devices)} x {devices[0].device_kind}',

@@ -192,6 +192,246 @@ def fnn_ntk(x1, x2, depth: int = FNN_DEPTH, w_var: float = W_VAR,
   return _fnn_ntk_flat(_flat(x1), _flat(x2), depth, w_var, b_var)
 
 
+# ------------------------------------------------------------ CNN closed form
+CNN_CONV_LAYERS = 2
+CNN_DENSE_LAYERS = 3
+_FILTER = 5
+_STRIDE = 2
+_TWO_PI = 2 * math.pi
+
+
+def _same_pads(size: int) -> tuple[int, int]:
+  """(before, after) zero padding of a SAME 5x5 stride-2 conv on `size`."""
+  out = -(-size // _STRIDE)
+  total = max((out - 1) * _STRIDE + _FILTER - size, 0)
+  return total // 2, total - total // 2
+
+
+def _band(size: int, dtype) -> jnp.ndarray:
+  """(out, size) 0/1 matrix of a SAME 5-tap stride-2 window sum along an axis."""
+  lo, _ = _same_pads(size)
+  out = -(-size // _STRIDE)
+  r = np.arange(out)[:, None] * _STRIDE - lo
+  h = np.arange(size)[None, :]
+  return jnp.asarray((h >= r) & (h < r + _FILTER), dtype)
+
+
+def _box(x):
+  """Conv of a covariance map: 5x5 stride-2 box sum, zero padded (SAME).
+
+  x: (H, W, ...) maps with the spatial axes first. Separable, and each axis
+  is a product with a 0/1 band matrix: XLA:CPU runs a dot over the large
+  trailing (...) block at memory speed, where strided slices of a padded
+  array (or `reduce_window`) run element by element with bounds checks.
+  Returns (ceil(H/2), ceil(W/2), ...). The division by 25 is left to the
+  caller.
+  """
+  bh, bw = _band(x.shape[0], x.dtype), _band(x.shape[1], x.dtype)
+  rest = x.shape[2:]
+  y = bh @ x.reshape(x.shape[0], -1)  # (h2, W * ...)
+  y = y.reshape((bh.shape[0], x.shape[1], -1))
+  # A dot batched over r keeps the (r, c, ...) layout: no transpose after.
+  bwb = jnp.broadcast_to(bw, (bh.shape[0],) + bw.shape)
+  y = jax.lax.dot_general(bwb, y, (((2,), (1,)), ((0,), (0,))))
+  return y.reshape((bh.shape[0], bw.shape[0]) + rest)
+
+
+def _box_t(g, in_hw):
+  """Transpose of `_box` (the adjoint), for maps of spatial size in_hw."""
+  bh, bw = _band(in_hw[0], g.dtype), _band(in_hw[1], g.dtype)
+  rest = g.shape[2:]
+  bwb = jnp.broadcast_to(bw.T, (g.shape[0],) + bw.T.shape)
+  y = jax.lax.dot_general(bwb, g.reshape(g.shape[:2] + (-1,)),
+                          (((2,), (1,)), ((0,), (0,))))
+  y = bh.T @ y.reshape(y.shape[0], -1)
+  return y.reshape(tuple(in_hw) + rest)
+
+
+def _guard_tol(dtype):
+  """Relative guard on prod - k^2 (see `_relu_bwd`)."""
+  # neural-tangents' `_sqrt` has derivative 0 where prod - k^2 <= 1e-30. Two
+  # identical windows (the diagonal of the block kernel) leave prod - k^2 at
+  # round-off instead (k and the variances come from different sums), and
+  # 1/sqrt of that would turn the round-off into a huge gradient; below a few
+  # hundred ulps of prod the correlation is taken as exactly 1.
+  return 1e-12 if dtype == jnp.float64 else 1e-6
+
+
+def _relu(k, ntk, prod):
+  """ReLU of one covariance map pair: arc-cosine kernel, elementwise.
+
+  k, ntk: nngp and NTK (...); prod: var1 * var2 (...). Returns (nngp',
+  ntk', dot, sr) with sr = sqrt(prod - k^2), theta the angle between the two
+  inputs and dot = (pi - theta) / 2pi the derivative kernel.
+
+  theta is arctan2(sr, k), as in neural-tangents, but through the
+  vectorisable arcsin of whichever of cos(theta) = k / sqrt(prod) and
+  sin(theta) = sr / sqrt(prod) is smaller: arccos(rho) alone is
+  ill-conditioned near rho = 1 (a round-off of 1e-16 in rho moves it by 1e-8,
+  and the next layer amplifies that to 1e-4), which is where identical and
+  all-zero windows sit.
+  """
+  sr = jnp.sqrt(jnp.maximum(prod - k * k, 0.0))
+  inv = jax.lax.rsqrt(prod)
+  cos, sin = jnp.clip(k * inv, -1.0, 1.0), jnp.minimum(sr * inv, 1.0)
+  use_cos = jnp.abs(cos) <= sin
+  a = _asin(jnp.where(use_cos, cos, sin))
+  theta = jnp.where(use_cos, math.pi / 2 - a, jnp.where(cos > 0, a, math.pi - a))
+  dot = 0.5 - theta * (1 / _TWO_PI)
+  return sr * (1 / _TWO_PI) + dot * k, ntk * dot, dot, sr
+
+
+def _relu_bwd(k, ntk, prod, dot, sr, g_k_out, g_ntk_out):
+  """Cotangents (k, ntk, prod) of `_relu`, with neural-tangents' guard.
+
+  d nngp'/dk = dot, d nngp'/dprod = sr / (4 pi prod),
+  d dot/dk = 1 / (2 pi sr), d dot/dprod = -k / (4 pi sr prod),
+  the 1/sr terms set to 0 where prod - k^2 <= tol * prod (correlation +-1:
+  all-zero windows of both images, identical windows).
+  """
+  ok = prod - k * k > _guard_tol(k.dtype) * prod
+  inv_sr = jnp.where(ok, 1.0 / jnp.where(ok, sr, 1.0), 0.0)
+  inv_prod = 1.0 / prod
+  gd = g_ntk_out * ntk * inv_sr  # g_dot * (2 pi) * d dot / dk... scaled below
+  g_k = g_k_out * dot + gd * (1 / _TWO_PI)
+  g_prod = (g_k_out * sr - gd * k) * (inv_prod / (2 * _TWO_PI))
+  return g_k, g_ntk_out * dot, g_prod
+
+
+def _dense_coeffs(depth, w_var, b_var):
+  """ntk_out = a_t * ntk_in + a_k * nngp_in + c after `depth` Dense layers."""
+  n = (1.0, 0.0, 0.0)  # nngp as (coefficient of nngp_in, of ntk_in, const)
+  t = (0.0, 1.0, 0.0)
+  for _ in range(depth):
+    n = (w_var * n[0], w_var * n[1], w_var * n[2] + b_var)
+    t = tuple(w_var * ti + ni for ti, ni in zip(t, n))
+  return t[1], t[0], t[2]
+
+
+def _cnn_features(x, w_var, b_var):
+  """Per-image quantities of the CNN kernel.
+
+  Returns conv-1 patches P (h1, w1, N, 25 C) scaled by sqrt(w / 25 C), the
+  variance maps before the first ReLU q1 (h1, w1, N) and before the second
+  q2 (h2, w2, N).
+  """
+  c = x.shape[-1]
+  p = jax.lax.conv_general_dilated_patches(
+      x, (_FILTER, _FILTER), (_STRIDE, _STRIDE), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  p = jnp.transpose(p, (1, 2, 0, 3)) * math.sqrt(w_var / (_FILTER**2 * c))
+  q1 = jnp.sum(p * p, axis=-1) + b_var
+  q2 = (w_var / _FILTER**2) * _box(q1 / 2) + b_var
+  return p, q1, q2
+
+
+def _cnn_layers(f1, f2, w_var, b_var):
+  """The (h, w, N1, N2) maps of both conv layers for one tile."""
+  p1, q1a, q2a = f1
+  p2, q1b, q2b = f2
+  k1 = jnp.einsum('hwif,hwjf->hwij', p1, p2) + b_var
+  prod1 = q1a[..., :, None] * q1b[..., None, :]
+  k1r, t1r, _, _ = _relu(k1, k1, prod1)  # first layer: ntk = nngp
+  c = w_var / _FILTER**2
+  k2 = c * _box(k1r) + b_var
+  t2 = c * _box(t1r) + k2
+  prod2 = q2a[..., :, None] * q2b[..., None, :]
+  return k1, prod1, k2, t2, prod2
+
+
+def _cnn_core_forward(f1, f2, w_var, b_var):
+  """NTK (N1, N2) from both sides' features."""
+  _, _, k2, t2, prod2 = _cnn_layers(f1, f2, w_var, b_var)
+  k2r, t2r, _, _ = _relu(k2, t2, prod2)
+  kf, tf = jnp.mean(k2r, axis=(0, 1)), jnp.mean(t2r, axis=(0, 1))
+  a_t, a_k, c0 = _dense_coeffs(CNN_DENSE_LAYERS, w_var, b_var)
+  return a_t * tf + a_k * kf + c0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _cnn_core(f1, f2, w_var, b_var):
+  return _cnn_core_forward(f1, f2, w_var, b_var)
+
+
+def _cnn_core_fwd(f1, f2, w_var, b_var):
+  # Residuals are the features only (a few MB): the (h, w, N1, N2) maps are
+  # recomputed in the backward pass, which costs less than storing them.
+  return _cnn_core(f1, f2, w_var, b_var), (f1, f2)
+
+
+def _cnn_core_bwd(w_var, b_var, res, g):
+  """Hand-written backward pass: one forward recompute, one reverse sweep."""
+  f1, f2 = res
+  (p1, q1a, q2a), (p2, q1b, q2b) = f1, f2
+  h1, w1 = p1.shape[:2]
+  k1, prod1, k2, t2, prod2 = _cnn_layers(f1, f2, w_var, b_var)
+  _, _, dot2, sr2 = _relu(k2, t2, prod2)
+  h2, w2 = k2.shape[:2]
+  a_t, a_k, _ = _dense_coeffs(CNN_DENSE_LAYERS, w_var, b_var)
+  # Flatten is a mean over positions: the same cotangent at every position.
+  g_t2r = jnp.broadcast_to(g * (a_t / (h2 * w2)), k2.shape)
+  g_k2r = jnp.broadcast_to(g * (a_k / (h2 * w2)), k2.shape)
+  g_k2, g_t2, g_prod2 = _relu_bwd(k2, t2, prod2, dot2, sr2, g_k2r, g_t2r)
+  c = w_var / _FILTER**2
+  # t2 = c box(t1r) + k2, k2 = c box(k1r) + b.
+  g_k1r = c * _box_t(g_k2 + g_t2, (h1, w1))
+  g_t1r = c * _box_t(g_t2, (h1, w1))
+  _, _, dot1, sr1 = _relu(k1, k1, prod1)
+  g_k1, g_t1, g_prod1 = _relu_bwd(k1, k1, prod1, dot1, sr1, g_k1r, g_t1r)
+  g_k1 = g_k1 + g_t1  # first layer: ntk = nngp
+  g_p1 = jnp.einsum('hwij,hwjf->hwif', g_k1, p2)
+  g_p2 = jnp.einsum('hwij,hwif->hwjf', g_k1, p1)
+  g_q1a = jnp.einsum('hwij,hwj->hwi', g_prod1, q1b)
+  g_q1b = jnp.einsum('hwij,hwi->hwj', g_prod1, q1a)
+  g_q2a = jnp.einsum('hwij,hwj->hwi', g_prod2, q2b)
+  g_q2b = jnp.einsum('hwij,hwi->hwj', g_prod2, q2a)
+  return (g_p1, g_q1a, g_q2a), (g_p2, g_q1b, g_q2b)
+
+
+_cnn_core.defvjp(_cnn_core_fwd, _cnn_core_bwd)
+
+
+def cnn_ntk(x1, x2, w_var: float = W_VAR, b_var: float = B_VAR,
+            tile: int = 8):
+  """NTK (N1, N2) of NTGA's CNN surrogate at infinite width, in closed form.
+
+  2 x [Conv(5x5, stride 2, SAME), ReLU], Flatten, 3 x Dense, NTK
+  parameterisation (the architecture of `nt_cnn`; widths and the number of
+  classes do not change the kernel). With a Flatten read-out only the spatial
+  diagonal of each covariance matters, so every layer works on maps of one
+  value per image pair and position:
+
+  * conv 1: a batched matrix product of 5x5 patches, one per position;
+  * ReLU: the arc-cosine kernel per position (vectorisable arcsin);
+  * conv 2: a 5x5 stride-2 box sum of the maps, zero padded, divided by 25
+    (separable: 8 slice-adds, no `reduce_window`);
+  * Flatten: the mean over positions; the Dense layers: an affine map.
+
+  The backward pass is written by hand (`_cnn_core_bwd`) and keeps
+  neural-tangents' zero derivative where a correlation reaches +-1.
+  x1 is processed in tiles of `tile` rows so that the (h, w, tile, N2) maps
+  stay small; tests/ntga_test.py checks value and gradient against `nt_cnn`.
+
+  Args:
+    x1: (N1, H, W, C) images.
+    x2: (N2, H, W, C) images, same shape and dtype.
+    w_var: weight variance W_std^2.
+    b_var: bias variance b_std^2.
+    tile: rows of x1 per tile (N1 is padded to a multiple).
+  """
+  f2 = _cnn_features(x2, w_var, b_var)
+  n1 = x1.shape[0]
+  if n1 <= tile:
+    return _cnn_core(_cnn_features(x1, w_var, b_var), f2, w_var, b_var)
+  pad = (-n1) % tile
+  x1p = jnp.pad(x1, ((0, pad),) + ((0, 0),) * (x1.ndim - 1))
+  tiles = x1p.reshape((-1, tile) + x1.shape[1:])
+  out = jax.lax.map(
+      lambda xt: _cnn_core(_cnn_features(xt, w_var, b_var), f2, w_var, b_var),
+      tiles)
+  return out.reshape(-1, out.shape[-1])[:n1]
+
+
 # ------------------------------------------------------- neural-tangents stax
 def nt_fnn(depth: int = FNN_DEPTH, w_var: float = W_VAR, b_var: float = B_VAR):
   """The same FNN through `neural_tangents.stax` (reference and fallback)."""
@@ -227,8 +467,8 @@ def get_surrogate(name: str, num_classes: int,
     name: `fnn` or `cnn`.
     num_classes: K (the CNN's read-out width; irrelevant at infinite width
       but part of the architecture).
-    kernel_impl: for the FNN, `closed_form` (fast, default) or `nt`
-      (neural-tangents' stax; slower, for comparison).
+    kernel_impl: `closed_form` (`fnn_ntk`, `cnn_ntk`: fast, default) or
+      `nt` (neural-tangents' stax; slower, for comparison).
   """
   if name == 'fnn':
     if kernel_impl == 'closed_form':
@@ -241,10 +481,17 @@ def get_surrogate(name: str, num_classes: int,
     return Surrogate('fnn', fn, f'{FNN_DEPTH} x [Dense(512), Erf], NTK, '
                      f'W_std^2={W_VAR}, b_std^2={B_VAR}', val_batch_size=500)
   if name == 'cnn':
-    return Surrogate('cnn', nt_cnn(num_classes),
+    if kernel_impl == 'closed_form':
+      fn = cnn_ntk
+    elif kernel_impl == 'nt':
+      fn = nt_cnn(num_classes)
+    else:
+      raise ValueError(f'unknown kernel_impl {kernel_impl!r}; valid: '
+                       'closed_form, nt.')
+    return Surrogate('cnn', fn,
                      '2 x [Conv(64, 5x5, stride 2, SAME), Relu], Flatten, '
                      f'Dense(384), Dense(192), Dense({num_classes}), NTK, '
-                     f'W_std^2={W_VAR}, b_std^2={B_VAR}', val_batch_size=50)
+                     f'W_std^2={W_VAR}, b_std^2={B_VAR}', val_batch_size=64)
   raise KeyError(f'unknown surrogate {name!r}; valid: fnn, cnn.')
 
 

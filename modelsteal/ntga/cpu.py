@@ -1,0 +1,56 @@
+"""XLA:CPU thread settings for NTGA generation on shared machines.
+
+By default XLA:CPU runs one host device whose large loops and dots are split
+over an Eigen thread pool with a thread per core, and those threads wait for
+one another at every operation. When another process holds one of the
+cores, every such barrier waits for a thread that is not running: measured
+here, an NTGA-FNN block took 68 s with one of two cores busy against 5.2 s
+alone (BUILD_NOTES.md, issue 11). `configure()` instead gives XLA one host
+device per core it may use, each single-threaded
+(`--xla_cpu_multi_thread_eigen=false`, `intra_op_parallelism_threads=1`), and
+`NTGA` shards the validation target over those devices: the work is split
+once per call instead of at every operation, and a device that loses its
+core slows only its own share.
+
+It must run before JAX creates its CPU backend (first `jax.devices()` or
+computation); `pipelines.ntga` and `benchmarks/ntga_timing.py` call it at
+start-up. Flags the user already set in `XLA_FLAGS` win.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def available_cores() -> int:
+  """Cores this process may run on (affinity mask, e.g. under taskset)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def configure(devices: int | None = None) -> str | None:
+  """Sets XLA_FLAGS for `devices` single-threaded CPU devices.
+
+  Args:
+    devices: host devices to create; default one per available core.
+
+  Returns:
+    The XLA_FLAGS now set, or None where JAX's backend already exists in
+    this process (the flags could no longer apply; nothing is changed).
+  """
+  if 'jax' in sys.modules:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    if xla_bridge.backends_are_initialized():
+      return None
+  n = devices or available_cores()
+  flags = os.environ.get('XLA_FLAGS', '').split()
+  wanted = {'--xla_force_host_platform_device_count': str(n),
+            '--xla_cpu_multi_thread_eigen': 'false',
+            'intra_op_parallelism_threads': '1'}
+  have = {f.split('=')[0] for f in flags}
+  flags += [f'{k}={v}' for k, v in wanted.items() if k not in have]
+  os.environ['XLA_FLAGS'] = ' '.join(flags)
+  return os.environ['XLA_FLAGS']
