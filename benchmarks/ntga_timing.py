@@ -21,6 +21,7 @@ no taskset both. `--shape=32,32,3` times the CIFAR-10 shape.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -38,14 +39,22 @@ _METHODS = flags.DEFINE_list('methods', ['naive', 'nt+blocked', 'ours'],
                              'Methods to time.')
 _VAL_BATCH = flags.DEFINE_integer('val_batch_size', 0, '0: surrogate default.')
 _OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing_shape.csv', 'CSV to append.')
+_CONFIGURE = flags.DEFINE_bool(
+    'configure_cpu', True, 'modelsteal.ntga.cpu.configure() (off: XLA\'s '
+    'defaults, one device with a thread pool).')
+_TILE = flags.DEFINE_integer('tile', 0, 'cnn_ntk rows per tile (0: its '
+                            'default, sized for a CPU cache).')
 _SHAPE = flags.DEFINE_list('shape', ['28', '28', '1'], 'Image shape H,W,C.')
 
 
 def main(argv):
   del argv
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
-  cpu.configure()  # one single-threaded XLA device per available core
+  if _CONFIGURE.value:
+    cpu.configure()  # one single-threaded XLA device per available core
   import jax  # pylint: disable=g-import-not-at-top
+  # float32 matrix products in full precision on GPUs too (not TF32)
+  jax.config.update('jax_default_matmul_precision', 'highest')
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from modelsteal.ntga import attack, kernels  # pylint: disable=g-import-not-at-top
@@ -99,6 +108,8 @@ def main(argv):
       fn = nt_kernel
       if method == 'ours':
         fn = kernels.get_surrogate(sur, 10).kernel_fn
+        if sur == 'cnn' and _TILE.value:
+          fn = functools.partial(kernels.cnn_ntk, tile=_TILE.value)
       att = attack.NTGA(fn, xv, yv, 10,
                         attack.AttackConfig(val_batch_size=bs))
       timed(method, lambda: att.loss_and_grad(xb, yb))
@@ -110,7 +121,7 @@ def main(argv):
               'seconds_per_gradient,devices\n')
     for r in rows:
       f.write(','.join(str(v) for v in r) + f',{len(jax.devices())}x'
-              f'{jax.devices()[0].platform}\n')
+              f'{jax.devices()[0].device_kind}\n')
   print(f'appended to {_OUT.value}')
 
 

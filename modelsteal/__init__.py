@@ -17,6 +17,16 @@ Output modes and defences (`modelsteal.defenses`):
 Attacks (`modelsteal.attacks`):
   label_queries, train_model, evaluate_model, select_queries,
   QUERY_STRATEGIES
+UQ students (`modelsteal.uq`):
+  UQ_METHODS, parse_spec, fit, UQStudent, load_student,
+  export_uq_saved_model; components `train_uq_model`, `evaluate_uq_model`
+  in `modelsteal.uq.components`; metrics in `modelsteal.uq.diversity`
+Generators (`modelsteal.synthetic`):
+  Generator, make_generator, SavedModelGenerator, train_generator,
+  mine_images, CLASS_NAMES
+Unlearnable data (`modelsteal.ntga`, JAX):
+  generate_ntga, export_npz; kernels `fnn_ntk`, `cnn_ntk` in
+  `modelsteal.ntga.kernels`; `modelsteal.ntga.cpu.configure`
 Models, training, export (`modelsteal.models`, `.training`, `.export`):
   ARCHITECTURES, build, TrainConfig, train_classifier, export_saved_model,
   load_predictor

@@ -14,17 +14,20 @@ and labels as the source, with `idx`; `val.npz` the attack's target;
 prints their paths. `--export_npz=PATH` also writes the set as it is handed to
 others: `x_train` (poisoned), `y_train`, `idx_train`, `x_test`, `y_test`.
 
-Cost, measured on one core of a 2-core CPU (see BUILD_NOTES.md): the FNN
-surrogate takes about 0.5 s per block-iteration, 8 minutes for all of
-MNIST (13.5 with the core shared); the CNN surrogate needs a GPU at full
-scale (55 s per block-iteration against only 1,000 validation images on
-one CPU core).
+Cost, measured on a 2-core CPU (see BUILD_NOTES.md, issues 4 and 11): the
+FNN surrogate takes about 0.5 s per block-iteration, 8 minutes for all of
+MNIST; the CNN surrogate's closed-form kernel about 10 s per block-iteration
+against 1,000 validation images on one core (neural-tangents' kernel: 55
+s), so `--official` (one gradient per block) against 2,000 validation images
+poisons all of MNIST in about half an hour on both cores. On an H200 a CNN
+gradient against 10,000 validation images takes 0.08 s.
 
 Variants:
 
     --dataset=/path/mnist.npz                 a local Keras-style npz / IDX folder
     --dataset=cifar10                         eps 8/255, t 4096 (fnn) / 8 (cnn)
-    --surrogate=cnn --train_size=2048 --val_size=1000   a reduced CNN problem
+    --surrogate=cnn --official --val_size=2000         NTGA-CNN on a CPU
+    --kernel_impl=nt                                   neural-tangents' kernels
     --nb_iter=10 --eps_iter=0.075 --rand_init          PGD settings
     --block_size=512 --val_batch_size=500              memory / speed
     --precision=float64                                 slower, for checking
