@@ -292,7 +292,7 @@ def _relu_bwd(k, ntk, prod, dot, sr, g_k_out, g_ntk_out):
   ok = prod - k * k > _guard_tol(k.dtype) * prod
   inv_sr = jnp.where(ok, 1.0 / jnp.where(ok, sr, 1.0), 0.0)
   inv_prod = 1.0 / prod
-  gd = g_ntk_out * ntk * inv_sr  # g_dot * (2 pi) * d dot / dk... scaled below
+  gd = g_ntk_out * ntk * inv_sr  # (cotangent of dot) * 2 pi * d dot / dk
   g_k = g_k_out * dot + gd * (1 / _TWO_PI)
   g_prod = (g_k_out * sr - gd * k) * (inv_prod / (2 * _TWO_PI))
   return g_k, g_ntk_out * dot, g_prod
