@@ -15,8 +15,19 @@ run() {  # label, extra flags
   python benchmarks/ntga_timing.py --surrogate="$SUR" --n_val="$NVAL" \
       --methods=ours --repeats=3 --out="$OUT" "${@:2}" 2>&1 | grep "per gradient"
 }
-busy() { taskset -c 0 sh -c 'while :; do :; done' & echo $!; }
-run "xla default, alone" --noconfigure_cpu
-run "configured, alone"
+busy() { taskset -c 0 sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!; }
+if [[ "${SKIP_ALONE:-0}" != 1 ]]; then
+  run "xla default, alone" --noconfigure_cpu
+  run "configured, alone"
+fi
 B=$(busy); run "xla default, core 0 busy" --noconfigure_cpu; kill "$B"
 B=$(busy); run "configured, core 0 busy"; kill "$B"
+# Another XLA process with its default thread pool (one thread per core) as
+# the neighbour: what a second experiment or a test run on the machine does.
+neighbour() {
+  python -c "import jax.numpy as jnp
+x = jnp.ones((1500, 1500))
+while True: (x @ x).block_until_ready()" >/dev/null 2>&1 & echo $!
+}
+B=$(neighbour); sleep 5; run "xla default, XLA neighbour" --noconfigure_cpu; kill "$B"
+B=$(neighbour); sleep 5; run "configured, XLA neighbour"; kill "$B"

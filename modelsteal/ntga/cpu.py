@@ -1,16 +1,14 @@
 """XLA:CPU thread settings for NTGA generation on shared machines.
 
 By default XLA:CPU runs one host device whose large loops and dots are split
-over an Eigen thread pool with a thread per core, and those threads wait for
-one another at every operation. When another process holds one of the
-cores, every such barrier waits for a thread that is not running: measured
-here, an NTGA-FNN block took 68 s with one of two cores busy against 5.2 s
-alone (BUILD_NOTES.md, issue 11). `configure()` instead gives XLA one host
-device per core it may use, each single-threaded
-(`--xla_cpu_multi_thread_eigen=false`, `intra_op_parallelism_threads=1`), and
-`NTGA` shards the validation target over those devices: the work is split
-once per call instead of at every operation, and a device that loses its
-core slows only its own share.
+over an Eigen thread pool with a thread per core. `configure()` instead
+gives XLA one host device per core the process may use, each running its
+programs on one thread (`--xla_cpu_multi_thread_eigen=false`), and `NTGA`
+spreads the validation batches and the block kernel's rows over those
+devices: the work is split once per call rather than inside every operation.
+Measured (BUILD_NOTES.md, issue 11, `benchmarks/ntga_contention.sh`): with
+another XLA process on the machine an NTGA-FNN gradient slows 1.9x this way.
+Adding `intra_op_parallelism_threads=1` made that 19x, so it is not set.
 
 It must run before JAX creates its CPU backend (first `jax.devices()` or
 computation); `pipelines.ntga` and `benchmarks/ntga_timing.py` call it at
@@ -48,8 +46,7 @@ def configure(devices: int | None = None) -> str | None:
   n = devices or available_cores()
   flags = os.environ.get('XLA_FLAGS', '').split()
   wanted = {'--xla_force_host_platform_device_count': str(n),
-            '--xla_cpu_multi_thread_eigen': 'false',
-            'intra_op_parallelism_threads': '1'}
+            '--xla_cpu_multi_thread_eigen': 'false'}
   have = {f.split('=')[0] for f in flags}
   flags += [f'{k}={v}' for k, v in wanted.items() if k not in have]
   os.environ['XLA_FLAGS'] = ' '.join(flags)
