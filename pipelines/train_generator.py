@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -153,6 +154,7 @@ def run(cfg: TrainGeneratorConfig):
   samples, draws a sample grid; returns the `train_generator` RunResult."""
   from modelsteal.synthetic import SavedModelGenerator  # pylint: disable=g-import-not-at-top
   from modelsteal.synthetic.components import saved_model_path  # pylint: disable=g-import-not-at-top
+  started = time.time()
   res, dataset = train(cfg)
   p = res['generator'].properties
   path = saved_model_path(res['generator'])
@@ -169,8 +171,8 @@ def run(cfg: TrainGeneratorConfig):
         f'use it         python -m pipelines.synthetic --generator={path} '
         f'--dataset={cfg.dataset}\n'
         f'serve it       python -m pipelines.serve --model_dir='
-        f'{os.path.dirname(path)} --model_name=generator',
-        flush=True)
+        f'{os.path.dirname(path)} --model_name=generator\n'
+        f'total time {time.time() - started:.1f}s', flush=True)
   return res
 
 

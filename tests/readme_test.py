@@ -64,6 +64,13 @@ def readme_commands(text: str) -> list[tuple[str, str]]:
 
 COMMANDS = readme_commands(open(README).read())
 
+# Every pipeline the README runs is imported here, outside any flagsaver: a
+# module first imported inside one (one pipeline importing another lazily)
+# would lose its flag definitions when the flagsaver restores the flags.
+for _name in sorted({m.group(1) for _, c in COMMANDS
+                     for m in [re.match(r'python -m pipelines\.(\w+)', c)] if m}):
+  importlib.import_module(f'pipelines.{_name}')
+
 
 class _State:
   """What earlier commands made, for the placeholders of later ones."""
