@@ -193,7 +193,6 @@ def fnn_ntk(x1, x2, depth: int = FNN_DEPTH, w_var: float = W_VAR,
 
 
 # ------------------------------------------------------------ CNN closed form
-CNN_CONV_LAYERS = 2
 CNN_DENSE_LAYERS = 3
 _FILTER = 5
 _STRIDE = 2
