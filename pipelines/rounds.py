@@ -42,7 +42,14 @@ def run(cfg, strategies: list[str], prepare, train_student):
     raise ValueError('--rounds takes one --budget (the total), not a '
                      '--budgets sweep.')
   budget = p.budgets[0]
-  sizes = round_sizes(budget, cfg.rounds, cfg.seed_size)
+  schedule = list(cfg.round_schedule)
+  if schedule and budget < schedule[-1]:  # capped to a stand-in pool
+    schedule = sorted({max(1, round(n * budget / schedule[-1]))
+                       for n in schedule})
+    print(f'[steal] notice: --round_schedule scaled to {schedule} (the budget '
+          f'was capped to {budget}).', flush=True)
+  sizes = round_sizes(budget, cfg.rounds, cfg.seed_size, schedule)
+  round_epochs = cfg.round_epochs
   arch = p.students[0]
   student_samples = (uq.UQ_METHODS[uq.parse_spec(arch).method].num_samples(
       uq.parse_spec(arch)) if uq.is_uq_spec(arch) else 1)
@@ -70,26 +77,32 @@ def run(cfg, strategies: list[str], prepare, train_student):
                        res)
         labeled = res['labeled']
         timing = {k: labeled.properties[k] for k in ('select_s', 'label_s')}
-      row = train_student(p, cfg, labeled, arch, size)
+      scale = 1.0 if r == len(sizes) - 1 else round_epochs
+      row = train_student(p, cfg, labeled, arch, size, epochs_scale=scale)
       model = Model.load(row.pop('model_dir'))
       rows.append({'strategy': strategy, 'round': r, 'queries': size,
+                   'epochs': model.properties.get('recipe', {}).get('epochs'),
                    **row, **timing})
   df = evaluation.results_frame(rows, [
       'strategy', 'round', 'queries', 'queries_paid', 'fidelity', 'accuracy',
-      'fidelity_heldout', 'select_s', 'label_s', 'train_s'])
+      'fidelity_heldout', 'epochs', 'select_s', 'label_s', 'train_s'])
   run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
       [p.victim_name, cfg.output, cfg.query_data or 'same', f'b{budget}',
-       f'r{cfg.rounds}', '_'.join(strategies), f's{cfg.seed}'] +
+       f'r{cfg.rounds}' if not cfg.round_schedule else
+       'r' + '_'.join(str(n) for n in sizes)] +
+      ([f'e{round_epochs:g}'] if round_epochs != 1.0 else []) +
+      ['_'.join(strategies), f's{cfg.seed}'] +
       (['smoke'] if cfg.smoke else [])))
   out_dir = os.path.join(p.wd, 'steal_rounds', run_name)
   csv_path, json_path = evaluation.save_results(df, out_dir, stem='rounds')
   p.steps.save(out_dir)
   show = df[['strategy', 'round', 'queries', 'queries_paid', 'fidelity',
-             'accuracy', 'fidelity_heldout', 'select_s', 'label_s',
+             'accuracy', 'fidelity_heldout', 'epochs', 'select_s', 'label_s',
              'train_s']]
   print('\n' + evaluation.format_table(show))
   print('queries: answers the student learned from (the budget spent so far);'
-        ' select_s / label_s / train_s: seconds choosing, labeling, training.')
+        ' epochs: its training epochs; select_s / label_s / train_s: seconds '
+        'choosing, labeling, training.')
   plot = evaluation.plot_rounds(
       df, os.path.join(out_dir, 'rounds.png'),
       title=f'round-based stealing of {p.victim_name} ({cfg.output} answers, '

@@ -76,6 +76,15 @@ _ROUNDS = flags.DEFINE_integer(
 _SEED_SIZE = flags.DEFINE_integer(
     'seed_size', 0, 'Queries in the random seed set of a round-based run '
     '(0: budget / rounds); the rest is split evenly over the other rounds.')
+_SCHEDULE = flags.DEFINE_list(
+    'round_schedule', [], 'Queries paid after each round, cumulative, e.g. '
+    '500,1000,2000,5000,10000 (a random seed set of 500, then rounds of 500, '
+    '1000, 3000, 5000); sets --rounds and --budget (the last entry).')
+_ROUND_EPOCHS = flags.DEFINE_float(
+    'round_epochs', 1.0, "Epochs of every round's student but the last, as "
+    "a fraction of the recipe's. Those students only pick the next queries "
+    '(their fidelity is still reported); the last one is the stolen model '
+    'and gets the full recipe. Below 1 the rounds cost less time.')
 _STUDENTS = flags.DEFINE_list(
     'students', [], "Student architectures; default: the victim's plus one "
     'of another family. A UQ student is METHOD:ARCH[+ARCH][:key=value], '
@@ -96,6 +105,8 @@ class StealConfig:
   query_strategy: str = 'random'  # comma-separated for several
   rounds: int = 1
   seed_size: int = 0
+  round_schedule: tuple[int, ...] = ()
+  round_epochs: float = 1.0
   students: tuple[str, ...] = ()
   distribute: str = 'default'
   workdir: str = './runs'
@@ -110,6 +121,12 @@ def student_recipe(arch: str, n: int, smoke: bool) -> dict:
   return {'epochs': epochs, 'batch_size': 64 if n < 5000 else 128,
           'learning_rate': 2e-3, 'augment': FAMILIES.get(arch) == 'cnn',
           'weight_decay': 0.0, 'label_smoothing': 0.0}
+
+
+def _scaled(recipe: dict, epochs_scale: float) -> dict:
+  if epochs_scale == 1.0:
+    return recipe  # the same parameters: runs cached before stay valid
+  return {**recipe, 'epochs': max(1, round(recipe['epochs'] * epochs_scale))}
 
 
 def _shrink(ds, n_train=1200, n_test=300):
@@ -158,6 +175,12 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
       raise ValueError(f'--query_strategy={s} picks with the current student, '
                        'so it needs --rounds of 2 or more (a random seed set '
                        'first).')
+  if not cfg.round_epochs > 0:
+    raise ValueError(f'--round_epochs must be above 0, got {cfg.round_epochs}.')
+  if cfg.round_epochs != 1.0 and cfg.rounds < 2:
+    raise ValueError('--round_epochs applies to the students of a '
+                     'round-based run; add --rounds (2 or more) or '
+                     '--round_schedule.')
   for b in cfg.budgets:
     if b < 1:
       raise ValueError(f'{cfg.budget_flag or "--budget"}: the query budget '
@@ -276,9 +299,11 @@ def label(p: Prepared, cfg: StealConfig, budget: int):
 
 
 def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
-                  budget: int, probe_every: int = 50) -> dict:
+                  budget: int, probe_every: int = 50,
+                  epochs_scale: float = 1.0) -> dict:
   """Trains one student (plain architecture or UQ spec) on the answers and
-  scores it with `evaluate_model`; returns its results row."""
+  scores it with `evaluate_model`; returns its results row. `epochs_scale`
+  multiplies the recipe's epochs (at least one epoch)."""
   from modelsteal import uq  # pylint: disable=g-import-not-at-top
   from modelsteal import victims  # pylint: disable=g-import-not-at-top
   from modelsteal.attacks import evaluate_model, train_model  # pylint: disable=g-import-not-at-top
@@ -288,12 +313,15 @@ def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
     base = spec.archs[0]
     sres = train_uq_model.run(
         p.wd, examples=labeled, probe=p.splits, spec=str(spec),
-        recipe=student_recipe(base, budget, cfg.smoke), targets='answers',
+        recipe=_scaled(student_recipe(base, budget, cfg.smoke), epochs_scale),
+        targets='answers',
         seed=cfg.seed, probe_every=probe_every)
     arch = str(spec)
   else:
     sres = train_model.run(p.wd, examples=labeled, arch=arch,
-                           recipe=student_recipe(arch, budget, cfg.smoke),
+                           recipe=_scaled(student_recipe(arch, budget,
+                                                         cfg.smoke),
+                                          epochs_scale),
                            split='train', targets='answers', seed=cfg.seed)
   p.steps.record(f'train student {arch} budget={budget}', sres)
   sref = victims.victim_ref_from_model(sres['model'])
@@ -367,15 +395,31 @@ def _rest_victim(url: str, dataset) -> tuple[dict, str]:
 def config_from_flags() -> StealConfig:
   budgets = tuple(int(b) for b in _BUDGETS.value) if _BUDGETS.value else (
       _BUDGET.value,)
+  schedule = tuple(int(b) for b in _SCHEDULE.value)
+  rounds = _ROUNDS.value
+  if schedule:
+    if _BUDGETS.value or not flags.FLAGS['budget'].using_default_value:
+      if budgets != (schedule[-1],):
+        raise ValueError(f'--round_schedule ends at {schedule[-1]}, which is '
+                         'the budget; leave --budget/--budgets out.')
+    if not flags.FLAGS['rounds'].using_default_value and rounds != len(
+        schedule):
+      raise ValueError(f'--round_schedule has {len(schedule)} rounds but '
+                       f'--rounds={rounds}; leave --rounds out.')
+    budgets, rounds = (schedule[-1],), len(schedule)
+    budget_flag = '--round_schedule'
+  else:
+    budget_flag = ('--budgets' if _BUDGETS.value else '' if
+                   flags.FLAGS['budget'].using_default_value else '--budget')
   return StealConfig(
       victim=_VICTIM.value, victim_path=_VICTIM_PATH.value,
       victim_url=_VICTIM_URL.value,
       dataset=common.DATASET.value, data_dir=common.DATA_DIR.value,
       query_data=_QUERY_DATA.value, output=_OUTPUT.value, budgets=budgets,
-      budget_flag=('--budgets' if _BUDGETS.value else '' if
-                   flags.FLAGS['budget'].using_default_value else '--budget'),
+      budget_flag=budget_flag,
       query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),
-      rounds=_ROUNDS.value, seed_size=_SEED_SIZE.value,
+      rounds=rounds, seed_size=_SEED_SIZE.value, round_schedule=schedule,
+      round_epochs=_ROUND_EPOCHS.value,
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)
 
@@ -388,7 +432,10 @@ def main(argv):
     try:
       cfg = config_from_flags()
     except ValueError as e:
-      raise ValueError(f'--budgets must be integers ({e}).') from e
+      if 'round_schedule' in str(e):
+        raise
+      raise ValueError('--budgets and --round_schedule must be integers '
+                       f'({e}).') from e
     run(cfg)
 
   common.run_main(body, 'steal')

@@ -100,7 +100,46 @@ def test_bald_with_a_uq_student(tiny_npz, tmp_path):
   assert list(df['queries']) == [45, 90]
 
 
+def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
+                                                       monkeypatch):
+  real = steal.student_recipe
+  monkeypatch.setattr(steal, 'student_recipe',
+                      lambda *a: {**real(*a), 'epochs': 4})
+  wd = str(tmp_path)
+  _main(**{k: v for k, v in _common(tiny_npz, wd,
+                                    query_strategy='margin').items()
+           if k != 'rounds'},
+        round_schedule=['20', '50', '90'], round_epochs=0.5)
+  df, out_dir = _rounds(wd)
+  assert list(df['queries']) == [20, 50, 90]
+  assert list(df['queries_paid']) == [20, 50, 90]
+  # the rounds' students only pick queries: half the epochs; the last is the
+  # stolen model: the full recipe
+  assert list(df['epochs']) == [2, 2, 4]
+  assert '20_50_90' in os.path.basename(out_dir)
+
+
+def test_round_schedule_scales_with_a_capped_budget(tiny_npz, tmp_path,
+                                                    capsys):
+  # smoke data: the pool is smaller than the schedule's budget
+  wd = str(tmp_path)
+  _main(**{k: v for k, v in _common(tiny_npz, wd).items()
+           if k not in ('budget', 'rounds')},
+        round_schedule=['1000', '100000'])
+  df, _ = _rounds(wd)
+  pool = df['queries'].iloc[-1]
+  assert list(df['queries']) == [round(pool / 100), pool]
+  assert 'round_schedule scaled' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('flags, match', [
+    (dict(round_schedule=['50', '20', '90']), 'increasing positive'),
+    (dict(round_schedule=['20', '50', '90'], rounds=5), 'leave --rounds out'),
+    (dict(round_schedule=['20', '50', '80']), 'leave --budget'),
+    (dict(round_schedule=['20', 'x']), 'must be integers'),
+    (dict(round_epochs=0.0), '--round_epochs must be above 0'),
+    (dict(round_epochs=0.5, rounds=1), '--round_epochs applies'),
+
     (dict(query_strategy='psychic'), 'unknown query strategy'),
     (dict(query_strategy='bald'), 'needs a UQ student'),
     (dict(query_strategy='entropy', rounds=1), 'needs --rounds of 2'),

@@ -143,6 +143,11 @@ def test_round_sizes():
   assert round_sizes(10000, 5) == [2000, 4000, 6000, 8000, 10000]
   assert round_sizes(1000, 4, seed_size=100) == [100, 400, 700, 1000]
   assert round_sizes(500, 1) == [500]
+  assert round_sizes(2000, 3, schedule=[500, 1000, 2000]) == [500, 1000, 2000]
+  with pytest.raises(ValueError, match='increasing'):
+    round_sizes(2000, 3, schedule=[500, 500, 2000])
+  with pytest.raises(ValueError, match='ends at 1000'):
+    round_sizes(2000, 2, schedule=[500, 1000])
   with pytest.raises(ValueError, match='--rounds'):
     round_sizes(100, 0)
   with pytest.raises(ValueError, match='cannot fill'):

@@ -25,14 +25,28 @@ from modelsteal.component import Parameter
 from modelsteal.component import component
 
 
-def round_sizes(budget: int, rounds: int, seed_size: int = 0) -> list[int]:
-  """Cumulative queries after each round: a seed set, then equal steps.
+def round_sizes(budget: int, rounds: int, seed_size: int = 0,
+                schedule=()) -> list[int]:
+  """Cumulative queries after each round: a seed set, then equal steps, or
+  the given `schedule` (checked: positive, increasing, ending at `budget`).
 
   >>> round_sizes(10000, 5)
   [2000, 4000, 6000, 8000, 10000]
   >>> round_sizes(1000, 4, seed_size=100)
   [100, 400, 700, 1000]
+  >>> round_sizes(2000, 3, schedule=[500, 1000, 2000])
+  [500, 1000, 2000]
   """
+  if schedule:
+    sizes = [int(s) for s in schedule]
+    if sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+      raise ValueError('--round_schedule must be increasing positive '
+                       f'cumulative query counts, got {sizes}.')
+    if sizes[-1] != budget:
+      raise ValueError(f'--round_schedule ends at {sizes[-1]} but the budget '
+                       f'is {budget}; its last entry is the budget (leave '
+                       '--budget out).')
+    return sizes
   if rounds < 1:
     raise ValueError(f'--rounds must be at least 1, got {rounds}.')
   seed_size = seed_size or budget // rounds
