@@ -90,6 +90,8 @@ class SyntheticConfig:
   rest: dict = dataclasses.field(default_factory=dict)
   generator_epochs: int = 30
   latent_dim: int = 16
+  generator_decoder: str = train_generator_pipeline.DECODER
+  generator_latent: str = train_generator_pipeline.LATENT
   workdir: str = './runs'
   seed: int = 0
   smoke: bool = False
@@ -101,7 +103,9 @@ SMOKE_PER_CLASS = 20  # the smoke pool holds about 54 real images per class
 def open_generator(spec: str, *, wd: str, dataset, dataset_name: str,
                    data_dir=None, seed: int = 0, smoke: bool = False,
                    epochs: int = 30, latent_dim: int = 16, rest=None,
-                   pixels: str = 'sample', name: str = 'synthetic'):
+                   pixels: str = 'sample', name: str = 'synthetic',
+                   decoder: str = train_generator_pipeline.DECODER,
+                   latent: str = train_generator_pipeline.LATENT):
   """(reference, Generator) for `spec`, checked against the dataset."""
   from modelsteal import synthetic  # pylint: disable=g-import-not-at-top
   from modelsteal.data import DataError  # pylint: disable=g-import-not-at-top
@@ -111,7 +115,8 @@ def open_generator(spec: str, *, wd: str, dataset, dataset_name: str,
   rest.setdefault('image_shape', list(dataset.shape))
   ref = train_generator_pipeline.generator_ref(
       spec, workdir=wd, dataset=dataset_name, data_dir=data_dir, seed=seed,
-      smoke=smoke, epochs=epochs, latent_dim=latent_dim, rest=rest, name=name)
+      smoke=smoke, epochs=epochs, latent_dim=latent_dim, rest=rest, name=name,
+      decoder=decoder, latent=latent)
   if ref['kind'] == 'savedmodel' and pixels != 'sample':
     ref['pixels'] = pixels
   gen = synthetic.make_generator(ref, class_names=list(names))
@@ -207,7 +212,8 @@ def run(cfg: SyntheticConfig):
       cfg.generator, wd=wd, dataset=dataset, dataset_name=dataset_name,
       data_dir=cfg.data_dir, seed=cfg.seed, smoke=cfg.smoke,
       epochs=cfg.generator_epochs, latent_dim=cfg.latent_dim, rest=cfg.rest,
-      pixels=cfg.pixels)
+      pixels=cfg.pixels, decoder=cfg.generator_decoder,
+      latent=cfg.generator_latent)
   gen_name = ref.get('name') or cfg.generator
   print(f'[synthetic] generator: {gen.source}', flush=True)
 
@@ -293,7 +299,10 @@ def config_from_flags() -> SyntheticConfig:
       sweep=sweep, classifiers=tuple(_CLASSIFIERS.value),
       filter=_FILTER.value, pixels=_PIXELS.value, rest=rest,
       generator_epochs=flags.FLAGS.generator_epochs,
-      latent_dim=flags.FLAGS.latent_dim, workdir=common.WORKDIR.value,
+      latent_dim=flags.FLAGS.latent_dim,
+      generator_decoder=flags.FLAGS.generator_decoder,
+      generator_latent=flags.FLAGS.generator_latent,
+      workdir=common.WORKDIR.value,
       seed=common.SEED.value, smoke=common.SMOKE.value)
 
 

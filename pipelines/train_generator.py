@@ -15,6 +15,7 @@ epoch; on full MNIST (27,000 pool images) 30 epochs took 5 minutes on a
 (BUILD_NOTES.md, "Issue 10").
 
     --generator_epochs=30 --latent_dim=16     the recipe
+    --generator_decoder=mlp|conv --generator_latent=prior|fitted
     --smoke                                   a tiny run, seconds
 
 Use it: `python -m pipelines.synthetic --generator=cvae --dataset=mnist`
@@ -37,6 +38,17 @@ _EPOCHS = flags.DEFINE_integer('generator_epochs', 30,
                                'Epochs of the built-in generator.')
 _LATENT = flags.DEFINE_integer('latent_dim', 16,
                                'Latent size of the built-in generator.')
+# The built-in generator's design (BUILD_NOTES.md, "Issue 10").
+DECODER = 'mlp'
+LATENT = 'fitted'
+_DECODER = flags.DEFINE_enum(
+    'generator_decoder', DECODER, ['mlp', 'conv'], 'Decoder of the built-in '
+    'generator: an MLP, or transposed convolutions (image sides: multiples '
+    'of 4).')
+_SAMPLING = flags.DEFINE_enum(
+    'generator_latent', LATENT, ['prior', 'fitted'], 'Latent codes of the '
+    'built-in generator: the prior N(0, I), or per-class Gaussians fitted '
+    'after training to the codes of the training images.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +60,8 @@ class TrainGeneratorConfig:
   workdir: str = './runs'
   seed: int = 0
   smoke: bool = False
+  decoder: str = DECODER
+  latent: str = LATENT
 
 
 def steal_module():
@@ -92,7 +106,8 @@ def train(cfg: TrainGeneratorConfig, name: str = 'train_generator'):
   res = train_generator.run(
       wd, examples=splits, split='pool',
       **{'epochs': cfg.epochs, 'latent_dim': cfg.latent_dim,
-         'hidden': [512, 256], 'seed': cfg.seed, **smoke})
+         'hidden': [512, 256], 'seed': cfg.seed, 'decoder': cfg.decoder,
+         'latent': cfg.latent, **smoke})
   p = res['generator'].properties
   note = 'reused' if res.reused else f'{res.duration_s:.1f}s'
   print(f'[{name}] generator on {dataset.name} ({p["train_size"]} images of '
@@ -103,7 +118,8 @@ def train(cfg: TrainGeneratorConfig, name: str = 'train_generator'):
 def generator_ref(spec: str, *, workdir: str, dataset: str | None,
                   data_dir=None, seed: int = 0, smoke: bool = False,
                   epochs: int = 30, latent_dim: int = 16,
-                  rest: dict | None = None, name: str = 'synthetic') -> dict:
+                  rest: dict | None = None, name: str = 'synthetic',
+                  decoder: str = DECODER, latent: str = LATENT) -> dict:
   """The generator reference for `--generator=NAME_OR_PATH_OR_URL`.
 
   NAME: a built-in generator (`cvae`: trained here, or reused, on the
@@ -126,7 +142,8 @@ def generator_ref(spec: str, *, workdir: str, dataset: str | None,
   if spec in synthetic.BUILTIN_GENERATORS:
     res, _ = train(TrainGeneratorConfig(
         dataset=dataset or 'mnist', data_dir=data_dir, epochs=epochs,
-        latent_dim=latent_dim, workdir=workdir, seed=seed, smoke=smoke),
+        latent_dim=latent_dim, workdir=workdir, seed=seed, smoke=smoke,
+        decoder=decoder, latent=latent),
                    name=name)
     return {**synthetic.generator_ref_from_model(res['generator']),
             'name': spec}
@@ -181,7 +198,8 @@ def config_from_flags() -> TrainGeneratorConfig:
       dataset=common.DATASET.value or 'mnist', data_dir=common.DATA_DIR.value,
       epochs=_EPOCHS.value, latent_dim=_LATENT.value,
       workdir=common.WORKDIR.value, seed=common.SEED.value,
-      smoke=common.SMOKE.value)
+      smoke=common.SMOKE.value, decoder=_DECODER.value,
+      latent=_SAMPLING.value)
 
 
 def main(argv):

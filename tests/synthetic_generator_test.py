@@ -69,6 +69,47 @@ def test_export_reloads_and_reproduces_the_keras_model(trained, exported):
   assert again.scores(p) is None  # no classifier exported with it
 
 
+def test_fitted_latent_has_the_posterior_moments_and_exports(trained,
+                                                            tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x, y = synthetic_images(256, seed=11)
+  means, chols = cvae.fit_latent(trained, x, y)
+  assert means.shape == (4, 4) and chols.shape == (4, 4, 4)
+  stats = trained.encoder([tf.constant(x.reshape(256, -1)),
+                           tf.one_hot(y, 4)]).numpy()
+  mu, var = stats[y == 1, :4], np.exp(stats[y == 1, 4:])
+  np.testing.assert_allclose(means[1], mu.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      chols[1] @ chols[1].T, np.cov(mu, rowvar=False) + np.diag(var.mean(0)),
+      rtol=1e-3, atol=1e-5)
+  path = cvae.export_generator(trained, str(tmp_path / 'fitted'), NAMES,
+                               fitted_latent=(means, chols))
+  noise = np.random.default_rng(0).standard_normal((3, 4 + 144)).astype(
+      np.float32)
+  labels = np.array([1, 2, 3], np.int64)
+  z = means[labels] + np.einsum('nij,nj->ni', chols[labels], noise[:, :4])
+  want = tf.sigmoid(trained.decode_logits(tf.constant(z), labels)).numpy()
+  got = tf.saved_model.load(path).signatures['generate_mean'](
+      label=labels, noise=noise)['images'].numpy()
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  prior = tf.sigmoid(trained.decode_logits(tf.constant(noise[:, :4]),
+                                           labels)).numpy()
+  assert np.abs(got - prior).max() > 1e-3  # the fitted latent is used
+
+
+def test_conv_decoder_shapes_and_errors():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x, y = synthetic_images(64, seed=2)
+  m = cvae.train_cvae(x, y, 4, epochs=1, latent_dim=4, hidden=(16,),
+                      decoder='conv')
+  assert m.decode_logits(tf.zeros([2, 4]), np.array([0, 1])).shape == (
+      2, 12, 12, 1)
+  with pytest.raises(ValueError, match='multiples of 4'):
+    cvae.build_cvae((10, 10, 1), 4, decoder='conv')
+  with pytest.raises(ValueError, match='unknown decoder'):
+    cvae.build_cvae((12, 12, 1), 4, decoder='gan')
+
+
 def test_unknown_class_and_non_generators_are_clear_errors(exported,
                                                            tiny_model,
                                                            tmp_path):

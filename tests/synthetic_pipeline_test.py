@@ -39,8 +39,17 @@ def test_train_generator_smoke_then_reuse(wd, capsys):
   path = out.split('SavedModel     ')[1].split()[0]
   assert os.path.exists(os.path.join(path, 'saved_model.pb'))
   assert glob.glob(os.path.join(wd, 'train_generator', '*', 'samples.png'))
+  with open(os.path.join(path, 'assets.extra', 'generator.json')) as f:
+    assert json.load(f)['latent_sampling'].startswith('fitted')  # default
   _run(train_generator, dataset='offline_mnist', smoke=True, workdir=wd)
   assert '): reused' in capsys.readouterr().out
+  _run(train_generator, dataset='offline_mnist', smoke=True, workdir=wd,
+       generator_latent='prior', generator_decoder='conv')
+  out = capsys.readouterr().out
+  assert '): reused' not in out  # another design: another run
+  path = out.split('SavedModel     ')[1].split()[0]
+  with open(os.path.join(path, 'assets.extra', 'generator.json')) as f:
+    assert json.load(f)['latent_sampling'] == 'prior'
 
 
 def test_synthetic_smoke_table_and_grid(wd, capsys):

@@ -38,7 +38,9 @@ def train_generator(*, examples: InputArtifact[Examples],
                     batch_size: Parameter[int] = 128,
                     learning_rate: Parameter[float] = 1e-3,
                     classifier_epochs: Parameter[int] = 3,
-                    seed: Parameter[int] = 0):
+                    seed: Parameter[int] = 0,
+                    decoder: Parameter[str] = 'mlp',
+                    latent: Parameter[str] = 'prior'):
   """Trains the built-in conditional VAE on one split and exports it.
 
   Trains on `split` only (the attacker's `pool` by default: never the
@@ -46,12 +48,18 @@ def train_generator(*, examples: InputArtifact[Examples],
   resumable per epoch. With `classifier_epochs` > 0 a small MLP is trained
   on the same split and exported as the generator's `classify` signature,
   the generator's own classifier for filtering samples by confidence.
+  `decoder` (mlp, conv) and `latent` (prior, or fitted: per-class Gaussians
+  fitted to the training images' codes, `cvae.fit_latent`) are the
+  generator's design.
 
   Writes `serving/1/` (the generator SavedModel, see
   `modelsteal.synthetic.cvae`); properties record training time, sampling
   rate (images/s through the exported SavedModel) and the class names.
   """
-  from modelsteal.synthetic.cvae import export_generator, train_cvae  # pylint: disable=g-import-not-at-top
+  from modelsteal.synthetic.cvae import export_generator, fit_latent, train_cvae  # pylint: disable=g-import-not-at-top
+  if latent not in ('prior', 'fitted'):
+    raise ValueError(f'unknown latent sampling {latent!r}; valid: prior, '
+                     'fitted.')
   from modelsteal.synthetic.saved_model import SavedModelGenerator  # pylint: disable=g-import-not-at-top
   data = examples.load_split(split)
   k = int(examples.properties.get('num_classes') or data['y'].max() + 1)
@@ -61,7 +69,7 @@ def train_generator(*, examples: InputArtifact[Examples],
                      latent_dim=latent_dim, hidden=tuple(hidden),
                      batch_size=batch_size, learning_rate=learning_rate,
                      seed=seed, backup_dir=os.path.join(scratch_dir(), 'backup'),
-                     desc='[train_generator] conditional VAE')
+                     desc='[train_generator] conditional VAE', decoder=decoder)
   train_s = time.time() - started
   classifier = None
   if classifier_epochs > 0:
@@ -70,8 +78,9 @@ def train_generator(*, examples: InputArtifact[Examples],
         'mnist_mlp', data['x'], data['y'], k,
         TrainConfig(epochs=classifier_epochs), seed=seed,
         desc='[train_generator] its own classifier (for filtering)')
+  fitted = fit_latent(model, data['x'], data['y']) if latent == 'fitted' else None
   path = export_generator(model, generator.serving_dir, names,
-                          classifier=classifier)
+                          classifier=classifier, fitted_latent=fitted)
   gen = SavedModelGenerator(path)
   gen.generate(0, 10, seed=0)  # first call traces; not part of the rate
   t = time.time()
@@ -82,7 +91,8 @@ def train_generator(*, examples: InputArtifact[Examples],
       'kind': 'cvae', 'dataset': examples.properties.get('name', ''),
       'split': split, 'train_size': int(len(data['x'])),
       'class_names': list(names), 'image_shape': list(data['x'].shape[1:]),
-      'epochs': epochs, 'train_s': round(train_s, 1),
+      'epochs': epochs, 'decoder': decoder, 'latent': latent,
+      'train_s': round(train_s, 1),
       'samples_per_s': round(rate, 1), 'has_classifier': classifier is not None,
       # relative: the artifact is renamed into place after this returns
       'saved_model': os.path.relpath(path, generator.uri)})
