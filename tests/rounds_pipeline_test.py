@@ -119,6 +119,14 @@ def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
   assert '20_50_90' in os.path.basename(out_dir)
 
 
+def test_rounds_with_top_k_answers(tiny_npz, tmp_path):
+  wd = str(tmp_path)
+  _main(**_common(tiny_npz, wd, query_strategy='entropy', output='topk:2'))
+  df, _ = _rounds(wd)
+  assert list(df['queries']) == [30, 60, 90]
+  assert df['output'].eq('topk:2').all()
+
+
 def test_round_schedule_scales_with_a_capped_budget(tiny_npz, tmp_path,
                                                     capsys):
   # smoke data: the pool is smaller than the schedule's budget

@@ -448,6 +448,29 @@ class _CliServer:
       self.proc.stdout.close()
 
 
+def test_active_rounds_over_http_with_probability_answers(server, tiny_npz,
+                                                          tmp_path):
+  """Round-based stealing (margin) of a REST victim that answers
+  probabilities: the same oracle path, every round's queries paid over
+  HTTP, exactly the budget."""
+  from pipelines import steal
+  wd = str(tmp_path / 'w')
+  before = server.model_server.stats['tiny'].instances
+  with flagsaver.flagsaver(victim_url=server.url + '/v1/models/tiny',
+                           dataset=tiny_npz, workdir=wd, smoke=True,
+                           output='probs', query_strategy='margin',
+                           round_schedule=['20', '60'],
+                           students=['mnist_mlp']):
+    steal.main(['steal'])
+  path, = glob.glob(os.path.join(wd, 'steal_rounds', '*', 'rounds.csv'))
+  df = pd.read_csv(path)
+  assert list(df['queries']) == [20, 60]
+  assert list(df['queries_paid']) == [20, 60]
+  assert df['output'].eq('probs').all()
+  # 60 training queries, plus the victim's scoring on test/held-out images
+  assert server.model_server.stats['tiny'].instances >= before + 60
+
+
 def test_steal_over_http_then_serve_the_student(server, tiny_npz, tmp_path):
   """The acceptance test, on loopback: steal a served victim with
   --victim_url (smoke), serve the exported student with the command line,
