@@ -7,8 +7,9 @@
 #
 # Per seed: (1) the victim mnist_cnn is trained or reused in $VICTIM_WD (not
 # timed); (2) `pipelines.steal --budget=10000` (random, all at once) and
-# (3) `pipelines.steal --query_strategy=$STRATEGY --round_schedule=$SCHEDULE
-# --round_epochs=$ROUND_EPOCHS`, each in a fresh workdir (no cached answer or
+# (3) `pipelines.steal --query_strategy=$STRATEGY --round_schedule=S
+# --round_epochs=$ROUND_EPOCHS` for each S in $SCHEDULES (space-separated),
+# each in a fresh workdir (no cached answer or
 # student: every query is paid, every student trained) against the victim's
 # SavedModel. Prints one table: wall seconds of the whole command and the
 # final student's fidelity; the per-step times are in each run's steps.csv.
@@ -20,7 +21,7 @@ SEEDS=${*:-0}
 WD=${WD:-bench_runs/active_walltime}
 VICTIM_WD=${VICTIM_WD:-$WD/victim}
 STRATEGY=${STRATEGY:-margin}
-SCHEDULE=${SCHEDULE:-1000,1500}
+SCHEDULES=${SCHEDULES:-500,1000 1000,1500}
 ROUND_EPOCHS=${ROUND_EPOCHS:-0.25}
 STUDENT=${STUDENT:-mnist_cnn}
 read -r -a EXTRA <<< "${EXTRA:-}"  # e.g. EXTRA=--smoke: a quick check
@@ -41,11 +42,12 @@ print(df[df['role'] == 'victim']['saved_model'].iloc[0])
 EOF
 )
   stamp=$(date +%Y%m%d-%H%M%S)
-  for run in random active; do
-    dir=$WD/$stamp-s$seed-$run
+  for run in random $SCHEDULES; do
     args=(--budget=10000)
-    [ "$run" = active ] && args=(--query_strategy="$STRATEGY"
-        --round_schedule="$SCHEDULE" --round_epochs="$ROUND_EPOCHS")
+    [ "$run" != random ] && args=(--query_strategy="$STRATEGY"
+        --round_schedule="$run" --round_epochs="$ROUND_EPOCHS")
+    [ "$run" != random ] && run="$STRATEGY:${run//,/_}"
+    dir=$WD/$stamp-s$seed-${run//:/-}
     echo "== seed $seed: $run (${args[*]})"
     start=$(date +%s.%N)
     python -m pipelines.steal --victim_path="$victim" --dataset="$DATA" \
