@@ -22,13 +22,17 @@ BUDGET=${BUDGET:-3000}
 ROUNDS=${ROUNDS:-6}
 STRATEGIES=${STRATEGIES:-random,margin,entropy,kcenter}
 EXTRA=()
+# SCHEDULE=500,1000,2000: cumulative queries per round (--round_schedule),
+# instead of BUDGET / ROUNDS.
+ROUNDING=(--budget="$BUDGET" --rounds="$ROUNDS")
+[ -n "${SCHEDULE:-}" ] && ROUNDING=(--round_schedule="$SCHEDULE")
 [ -n "${QUERY_DATA:-}" ] && EXTRA+=(--query_data="$QUERY_DATA")
 [ -n "${STUDENTS:-}" ] && EXTRA+=(--students="$STUDENTS")
 for seed in $SEEDS; do
   echo "== seed $seed"
   start=$(date +%s)
   python -m pipelines.steal --victim=mnist_cnn --dataset="$DATA" \
-      --workdir="$WD" --budget="$BUDGET" --rounds="$ROUNDS" \
+      --workdir="$WD" "${ROUNDING[@]}" \
       --query_strategy="$STRATEGIES" --seed="$seed" "${EXTRA[@]}"
   echo "seed $seed wall time: $(( $(date +%s) - start )) s"
 done
