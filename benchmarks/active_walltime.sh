@@ -25,6 +25,9 @@ SCHEDULES=${SCHEDULES:-500,1000 1000,1500}
 ROUND_EPOCHS=${ROUND_EPOCHS:-0.25}
 STUDENT=${STUDENT:-mnist_cnn}
 read -r -a EXTRA <<< "${EXTRA:-}"  # e.g. EXTRA=--smoke: a quick check
+# Flags of the active runs only, e.g. ACTIVE_EXTRA=--student_recipe=batch_size=128
+read -r -a ACTIVE_EXTRA <<< "${ACTIVE_EXTRA:-}"
+TAG=${TAG:-}  # a suffix of the active runs' names in walltime.csv
 SUMMARY=$WD/walltime.csv
 mkdir -p "$WD"
 [ -f "$SUMMARY" ] || echo "seed,run,wall_s,queries,fidelity,accuracy,log" > "$SUMMARY"
@@ -46,7 +49,8 @@ EOF
     args=(--budget=10000)
     [ "$run" != random ] && args=(--query_strategy="$STRATEGY"
         --round_schedule="$run" --round_epochs="$ROUND_EPOCHS")
-    [ "$run" != random ] && run="$STRATEGY:${run//,/_}"
+    [ "$run" != random ] && args+=("${ACTIVE_EXTRA[@]}")
+    [ "$run" != random ] && run="$STRATEGY:${run//,/_}$TAG"
     dir=$WD/$stamp-s$seed-${run//:/-}
     echo "== seed $seed: $run (${args[*]})"
     start=$(date +%s.%N)

@@ -21,10 +21,10 @@ import re
 import time
 
 
-def run(cfg, strategies: list[str], prepare, train_student):
+def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
   """Runs each strategy's rounds; returns (per-round DataFrame, out dir).
 
-  `prepare` and `train_student` are `pipelines.steal`'s (passed in: that
+  `prepare`, `train_student` and `recipe_tag` are `pipelines.steal`'s (passed in: that
   module may be `__main__`, and importing it again would define its flags
   twice).
   """
@@ -59,6 +59,9 @@ def run(cfg, strategies: list[str], prepare, train_student):
                        'members as the first --students entry, e.g. '
                        f'--students=ensemble:{arch} or mcdropout:{arch}; got '
                        f'{arch!r}.')
+  if cfg.warm_start and uq.is_uq_spec(arch):
+    raise ValueError(f'--warm_start trains plain students further; the first '
+                     f'--students entry is the UQ student {arch!r}.')
   rows = []
   for strategy in strategies:
     lab = label_queries.run(p.wd, splits=p.query_splits, victim=p.victim_ref,
@@ -78,7 +81,8 @@ def run(cfg, strategies: list[str], prepare, train_student):
         labeled = res['labeled']
         timing = {k: labeled.properties[k] for k in ('select_s', 'label_s')}
       scale = 1.0 if r == len(sizes) - 1 else round_epochs
-      row = train_student(p, cfg, labeled, arch, size, epochs_scale=scale)
+      row = train_student(p, cfg, labeled, arch, size, epochs_scale=scale,
+                          init=model if cfg.warm_start and r else None)
       model = Model.load(row.pop('model_dir'))
       rows.append({'strategy': strategy, 'round': r, 'queries': size,
                    'epochs': model.properties.get('recipe', {}).get('epochs'),
@@ -91,6 +95,8 @@ def run(cfg, strategies: list[str], prepare, train_student):
        f'r{cfg.rounds}' if not cfg.round_schedule else
        'r' + '_'.join(str(n) for n in sizes)] +
       ([f'e{round_epochs:g}'] if round_epochs != 1.0 else []) +
+      ([recipe_tag(cfg.student_recipe)] if cfg.student_recipe else []) +
+      (['warm'] if cfg.warm_start else []) +
       ['_'.join(strategies), f's{cfg.seed}'] +
       (['smoke'] if cfg.smoke else [])))
   out_dir = os.path.join(p.wd, 'steal_rounds', run_name)

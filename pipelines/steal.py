@@ -28,6 +28,8 @@ Variants:
                                  a victim behind a TF-Serving REST endpoint
                                  (python -m pipelines.serve), over HTTP
     --students=mnist_cnn,lenet5,mnist_mlp              student architectures
+    --student_recipe=batch_size=128,epochs=30          the students' training
+                                 recipe (default: epochs by answer count)
     --students=mnist_cnn,ensemble:mnist_cnn,mcdropout:mnist_cnn:samples=20
                                  UQ students (modelsteal.uq) beside plain ones
     --distribute=mirrored|tpu                          tf.distribute strategy
@@ -85,6 +87,18 @@ _ROUND_EPOCHS = flags.DEFINE_float(
     "a fraction of the recipe's. Those students only pick the next queries "
     '(their fidelity is still reported); the last one is the stolen model '
     'and gets the full recipe. Below 1 the rounds cost less time.')
+_WARM_START = flags.DEFINE_bool(
+    'warm_start', False, "Each round's student starts from the weights of "
+    "the round before's (trained further on every answer so far) instead of "
+    'from scratch, so the rounds\' training is not thrown away; pair it with '
+    'fewer epochs (--student_recipe=epochs=N). Plain students only.')
+_STUDENT_RECIPE = flags.DEFINE_list(
+    'student_recipe', [], "Change the students' training recipe, "
+    'KEY=VALUE,... over TrainConfig fields (epochs, batch_size, '
+    'learning_rate, augment, weight_decay, label_smoothing, schedule, '
+    'steps_per_execution), e.g. batch_size=128,epochs=40. Default: '
+    'epochs 120,000/n within [12, 60], batch 64 below 5,000 answers else 128, '
+    'learning rate 2e-3, translations for CNNs.')
 _STUDENTS = flags.DEFINE_list(
     'students', [], "Student architectures; default: the victim's plus one "
     'of another family. A UQ student is METHOD:ARCH[+ARCH][:key=value], '
@@ -107,6 +121,8 @@ class StealConfig:
   seed_size: int = 0
   round_schedule: tuple[int, ...] = ()
   round_epochs: float = 1.0
+  student_recipe: tuple[tuple[str, object], ...] = ()  # (field, value) pairs
+  warm_start: bool = False
   students: tuple[str, ...] = ()
   distribute: str = 'default'
   workdir: str = './runs'
@@ -114,13 +130,72 @@ class StealConfig:
   smoke: bool = False
 
 
-def student_recipe(arch: str, n: int, smoke: bool) -> dict:
-  """Epochs scale inversely with the data so small budgets still converge."""
+def student_recipe(arch: str, n: int, smoke: bool, overrides=()) -> dict:
+  """Epochs scale inversely with the data so small budgets still converge.
+
+  `overrides`: (field, value) pairs from `parse_recipe_overrides` (the
+  `--student_recipe` flag); a smoke run keeps its one epoch.
+  """
   from modelsteal.models import FAMILIES  # pylint: disable=g-import-not-at-top
+  from modelsteal.training import recipe_params, TrainConfig  # pylint: disable=g-import-not-at-top
   epochs = 1 if smoke else int(min(60, max(12, round(120_000 / max(n, 1)))))
-  return {'epochs': epochs, 'batch_size': 64 if n < 5000 else 128,
-          'learning_rate': 2e-3, 'augment': FAMILIES.get(arch) == 'cnn',
-          'weight_decay': 0.0, 'label_smoothing': 0.0}
+  recipe = {'epochs': epochs, 'batch_size': 64 if n < 5000 else 128,
+            'learning_rate': 2e-3, 'augment': FAMILIES.get(arch) == 'cnn',
+            'weight_decay': 0.0, 'label_smoothing': 0.0}
+  if not overrides:
+    return recipe  # the same parameters: runs cached before stay valid
+  recipe.update({k: v for k, v in overrides if not (smoke and k == 'epochs')})
+  return recipe_params(TrainConfig(**recipe))
+
+
+def parse_recipe_overrides(items) -> tuple[tuple[str, object], ...]:
+  """`['batch_size=128', 'epochs=40']` -> typed (field, value) pairs.
+
+  >>> parse_recipe_overrides(['batch_size=128', 'augment=false'])
+  (('augment', False), ('batch_size', 128))
+  """
+  import dataclasses as dc  # pylint: disable=g-import-not-at-top
+  from modelsteal.training import TrainConfig  # pylint: disable=g-import-not-at-top
+  fields = {f.name: f for f in dc.fields(TrainConfig) if f.name != 'jit_compile'}
+  defaults = TrainConfig()
+  out = {}
+  for item in items:
+    key, sep, text = item.partition('=')
+    key, text = key.strip(), text.strip()
+    if not sep or not key or not text:
+      raise ValueError(f'--student_recipe: write KEY=VALUE, got {item!r}.')
+    if key not in fields:
+      raise ValueError(f'--student_recipe: unknown field {key!r}; valid: '
+                       f'{", ".join(fields)}.')
+    kind = type(getattr(defaults, key))
+    try:
+      if kind is bool:
+        if text.lower() not in ('true', 'false', '1', '0'):
+          raise ValueError(text)
+        value = text.lower() in ('true', '1')
+      else:
+        value = kind(text)
+    except ValueError:
+      raise ValueError(f'--student_recipe: {key} takes '
+                       f'{"an" if kind is int else "a"} {kind.__name__}, '
+                       f'got {text!r}.') from None
+    if key in ('epochs', 'batch_size', 'steps_per_execution') and value < 1:
+      raise ValueError(f'--student_recipe: {key} must be at least 1, got '
+                       f'{value}.')
+    if key in ('learning_rate',) and not value > 0:
+      raise ValueError(f'--student_recipe: {key} must be above 0, got '
+                       f'{value}.')
+    if key == 'schedule' and value not in ('cosine', 'constant'):
+      raise ValueError("--student_recipe: schedule is 'cosine' or "
+                       f"'constant', got {value!r}.")
+    out[key] = value
+  return tuple(sorted(out.items()))
+
+
+def recipe_tag(overrides) -> str:
+  """A run-name part for `--student_recipe` ('' when there is none)."""
+  return '_'.join(f'{k}{v:g}' if isinstance(v, float) else f'{k}{v}'
+                  for k, v in overrides)
 
 
 def _scaled(recipe: dict, epochs_scale: float) -> dict:
@@ -177,6 +252,10 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
                        'first).')
   if not cfg.round_epochs > 0:
     raise ValueError(f'--round_epochs must be above 0, got {cfg.round_epochs}.')
+  if cfg.warm_start and cfg.rounds < 2:
+    raise ValueError('--warm_start starts each round\'s student from the '
+                     'round before\'s; add --rounds (2 or more) or '
+                     '--round_schedule.')
   if cfg.round_epochs != 1.0 and cfg.rounds < 2:
     raise ValueError('--round_epochs applies to the students of a '
                      'round-based run; add --rounds (2 or more) or '
@@ -300,27 +379,36 @@ def label(p: Prepared, cfg: StealConfig, budget: int):
 
 def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
                   budget: int, probe_every: int = 50,
-                  epochs_scale: float = 1.0) -> dict:
+                  epochs_scale: float = 1.0, init=None) -> dict:
   """Trains one student (plain architecture or UQ spec) on the answers and
   scores it with `evaluate_model`; returns its results row. `epochs_scale`
-  multiplies the recipe's epochs (at least one epoch)."""
+  multiplies the recipe's epochs (at least one epoch); `init`: a plain
+  student's Model artifact to start from (`finetune_model`)."""
   from modelsteal import uq  # pylint: disable=g-import-not-at-top
   from modelsteal import victims  # pylint: disable=g-import-not-at-top
-  from modelsteal.attacks import evaluate_model, train_model  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks import evaluate_model, finetune_model, train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.uq.components import train_uq_model  # pylint: disable=g-import-not-at-top
   if uq.is_uq_spec(arch):
     spec = uq.parse_spec(arch)
     base = spec.archs[0]
     sres = train_uq_model.run(
         p.wd, examples=labeled, probe=p.splits, spec=str(spec),
-        recipe=_scaled(student_recipe(base, budget, cfg.smoke), epochs_scale),
+        recipe=_scaled(student_recipe(base, budget, cfg.smoke,
+                                      cfg.student_recipe), epochs_scale),
         targets='answers',
         seed=cfg.seed, probe_every=probe_every)
     arch = str(spec)
+  elif init is not None:
+    sres = finetune_model.run(
+        p.wd, examples=labeled, init=init,
+        recipe=_scaled(student_recipe(arch, budget, cfg.smoke,
+                                      cfg.student_recipe), epochs_scale),
+        split='train', targets='answers', seed=cfg.seed)
   else:
     sres = train_model.run(p.wd, examples=labeled, arch=arch,
                            recipe=_scaled(student_recipe(arch, budget,
-                                                         cfg.smoke),
+                                                         cfg.smoke,
+                                                         cfg.student_recipe),
                                           epochs_scale),
                            split='train', targets='answers', seed=cfg.seed)
   p.steps.record(f'train student {arch} budget={budget}', sres)
@@ -344,8 +432,8 @@ def run(cfg: StealConfig):
   started = time.time()
   if cfg.rounds > 1:
     from pipelines import rounds  # pylint: disable=g-import-not-at-top
-    return rounds.run(cfg, cfg.query_strategy.split(','), prepare,
-                      train_student)
+    return rounds.run(cfg, cfg.query_strategy.split(','), prepare=prepare,
+                      train_student=train_student, recipe_tag=recipe_tag)
   p = prepare(cfg)
   rows = [p.victim_row]
   for b in p.budgets:
@@ -357,7 +445,9 @@ def run(cfg: StealConfig):
   df = df.drop(columns=['model_dir'])
   run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
       [p.victim_name, cfg.output, (cfg.query_data or 'same'),
-       'b' + '_'.join(map(str, p.budgets))] + (['smoke'] if cfg.smoke else [])))
+       'b' + '_'.join(map(str, p.budgets))] +
+      ([recipe_tag(cfg.student_recipe)] if cfg.student_recipe else []) +
+      (['smoke'] if cfg.smoke else [])))
   out_dir = os.path.join(p.wd, 'steal', run_name)
   csv_path, json_path = evaluation.save_results(df, out_dir)
   p.steps.save(out_dir)
@@ -420,6 +510,8 @@ def config_from_flags() -> StealConfig:
       query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),
       rounds=rounds, seed_size=_SEED_SIZE.value, round_schedule=schedule,
       round_epochs=_ROUND_EPOCHS.value,
+      student_recipe=parse_recipe_overrides(_STUDENT_RECIPE.value),
+      warm_start=_WARM_START.value,
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)
 
@@ -432,7 +524,7 @@ def main(argv):
     try:
       cfg = config_from_flags()
     except ValueError as e:
-      if 'round_schedule' in str(e):
+      if 'round_schedule' in str(e) or str(e).startswith('--student_recipe'):
         raise
       raise ValueError('--budgets and --round_schedule must be integers '
                        f'({e}).') from e

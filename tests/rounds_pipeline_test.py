@@ -119,6 +119,67 @@ def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
   assert '20_50_90' in os.path.basename(out_dir)
 
 
+def test_student_recipe_changes_every_student(tiny_npz, tmp_path):
+  from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path)
+  _main(**_common(tiny_npz, wd, query_strategy='margin'),
+        student_recipe=['batch_size=16', 'learning_rate=0.01'])
+  df, out_dir = _rounds(wd)
+  assert list(df['queries']) == [30, 60, 90]
+  props = [Model.load(d).properties
+           for d in glob.glob(os.path.join(wd, 'train_model', '*', 'model'))]
+  recipes = [p['recipe'] for p in props if p['targets'] == 'answers']
+  assert len(recipes) == 3  # one student per round
+  # the victim keeps its own recipe
+  assert all(p['recipe']['batch_size'] != 16 for p in props
+             if p['targets'] != 'answers')
+  assert all(r['batch_size'] == 16 and r['learning_rate'] == 0.01
+             for r in recipes)
+  assert 'batch_size16_learning_rate0.01' in os.path.basename(out_dir)
+
+
+def test_warm_start_trains_each_round_further(tiny_npz, tmp_path):
+  from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path)
+  _main(**_common(tiny_npz, wd, query_strategy='margin'), warm_start=True)
+  df, out_dir = _rounds(wd)
+  assert list(df['queries']) == [30, 60, 90]
+  assert '-warm-' in os.path.basename(out_dir)
+
+  def models(component):
+    return [Model.load(d) for d in
+            glob.glob(os.path.join(wd, component, '*', 'model'))]
+
+  round0, = [m for m in models('train_model')
+             if m.properties['targets'] == 'answers']
+  later = models('finetune_model')
+  assert len(later) == 2
+  # round 1 starts from round 0's student, round 2 from round 1's
+  round1, = [m for m in later if m.properties['init'] == round0.uri]
+  round2, = [m for m in later if m.properties['init'] == round1.uri]
+  assert [m.properties['train_size'] for m in (round0, round1, round2)] == [
+      30, 60, 90]
+  # training went on: the weights moved away from the starting point
+  w0, w1 = round0.load_keras().get_weights(), round1.load_keras().get_weights()
+  assert any(not np.allclose(a, b) for a, b in zip(w0, w1))
+
+
+def test_parse_recipe_overrides():
+  assert steal.parse_recipe_overrides(
+      ['epochs=40', 'batch_size=128', 'augment=false', 'schedule=constant']) == (
+          ('augment', False), ('batch_size', 128), ('epochs', 40),
+          ('schedule', 'constant'))
+  recipe = steal.student_recipe('mnist_cnn', 1500, False,
+                                (('batch_size', 128),))
+  assert recipe['batch_size'] == 128 and recipe['epochs'] == 60
+  # a smoke run keeps its single epoch
+  assert steal.student_recipe('mnist_cnn', 1500, True,
+                              (('epochs', 40),))['epochs'] == 1
+  for bad in (['schedule=linear'], ['learning_rate=0'], ['augment=maybe']):
+    with pytest.raises(ValueError, match='--student_recipe'):
+      steal.parse_recipe_overrides(bad)
+
+
 def test_rounds_with_top_k_answers(tiny_npz, tmp_path):
   wd = str(tmp_path)
   _main(**_common(tiny_npz, wd, query_strategy='entropy', output='topk:2'))
@@ -152,6 +213,12 @@ def test_round_schedule_scales_with_a_capped_budget(tiny_npz, tmp_path,
     (dict(query_strategy='bald'), 'needs a UQ student'),
     (dict(query_strategy='entropy', rounds=1), 'needs --rounds of 2'),
     (dict(query_strategy='margin', seed_size=500), '--seed_size must be'),
+    (dict(student_recipe=['epochs=many']), 'epochs takes an int'),
+    (dict(student_recipe=['depth=3']), "unknown field 'depth'"),
+    (dict(student_recipe=['batch_size']), 'write KEY=VALUE'),
+    (dict(warm_start=True, rounds=1), '--warm_start starts'),
+    (dict(warm_start=True, query_strategy='bald',
+          students=['mcdropout:mnist_mlp:samples=4']), 'plain students'),
 ])
 def test_bad_round_input_one_error_line(tiny_npz, tmp_path, capsys, flags,
                                         match):

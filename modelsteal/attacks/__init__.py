@@ -6,10 +6,11 @@ its own images to the black-box victim and trains a student on the answers.
 """
 
 from modelsteal.attacks.components import evaluate_model
+from modelsteal.attacks.components import finetune_model
 from modelsteal.attacks.components import label_queries
 from modelsteal.attacks.components import train_model
 from modelsteal.attacks.strategies import QUERY_STRATEGIES
 from modelsteal.attacks.strategies import select_queries
 
-__all__ = ['QUERY_STRATEGIES', 'evaluate_model', 'label_queries',
+__all__ = ['QUERY_STRATEGIES', 'evaluate_model', 'finetune_model', 'label_queries',
            'select_queries', 'train_model']

@@ -115,13 +115,21 @@ def train_model(*, examples: InputArtifact[Examples],
   The model artifact's properties record its test accuracy when `examples`
   has a `test` split, and the split, seed and recipe it was trained with.
   """
+  model.properties.update(
+      _fit_and_save(examples, model, arch, recipe, split, targets, seed))
+
+
+def _fit_and_save(examples, model, arch, recipe, split, targets, seed,
+                  init=None):
+  """`train_model`'s body; `init`: a Keras model to start from (its weights
+  are trained further) instead of a fresh `arch`."""
   from modelsteal import distribute  # pylint: disable=g-import-not-at-top
   from modelsteal.export import export_saved_model  # pylint: disable=g-import-not-at-top
   from modelsteal.training import TrainConfig, predict_probs, train_classifier  # pylint: disable=g-import-not-at-top
   data, t, k = training_data(examples, split, targets)
   keras_model = train_classifier(
       arch, data['x'], t, k, TrainConfig(**recipe), seed=seed,
-      strategy=distribute.current(),
+      strategy=distribute.current(), model=init,
       backup_dir=os.path.join(scratch_dir(), 'backup'))
   keras_model.save(model.keras_path)
   export_saved_model(keras_model, model.serving_dir, version=1)
@@ -133,7 +141,33 @@ def train_model(*, examples: InputArtifact[Examples],
     test = examples.load_split('test')
     props['test_accuracy'] = float(
         (predict_probs(keras_model, test['x']).argmax(1) == test['y']).mean())
-  model.properties.update(props)
+  return props
+
+
+@component
+def finetune_model(*, examples: InputArtifact[Examples],
+                   init: InputArtifact[Model],
+                   model: OutputArtifact[Model],
+                   recipe: Parameter[dict],
+                   split: Parameter[str] = 'train',
+                   targets: Parameter[str] = 'answers',
+                   seed: Parameter[int] = 0):
+  """`train_model` starting from the weights of `init` (warm start).
+
+  Round-based stealing (`--warm_start`) trains each round's student further
+  from the round before's instead of from scratch, so the rounds' training
+  is not thrown away. The properties add `init` (the starting model's
+  directory). `init` must classify the same classes and image shape.
+  """
+  have, want = (init.properties.get('num_classes'),
+                examples.properties.get('num_classes'))
+  if None not in (have, want) and have != want:
+    raise ValueError(f'finetune_model: the starting model has {have} '
+                     f'classes, the answers {want}.')
+  keras_model = init.load_keras()
+  props = _fit_and_save(examples, model, init.properties.get('arch', ''),
+                        recipe, split, targets, seed, init=keras_model)
+  model.properties.update({**props, 'init': init.uri})
 
 
 @component(version='2')  # 2: normalized_accuracy
