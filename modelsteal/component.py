@@ -153,10 +153,12 @@ def _package_version() -> str:
 class Component:
   """A decorated component function. See the module docstring."""
 
-  def __init__(self, fn: Callable[..., Any], version: str = '1'):
+  def __init__(self, fn: Callable[..., Any], version: str = '1',
+               later: tuple[str, ...] = ()):
     self.fn = fn
     self.name = fn.__name__
     self.version = version
+    self.later = tuple(later)
     self.__doc__ = fn.__doc__
     self.__wrapped__ = fn
     hints = typing.get_type_hints(fn)
@@ -189,6 +191,10 @@ class Component:
 
   def fingerprint(self, inputs: dict[str, artifacts_lib.Artifact],
                   params: dict[str, Any]) -> str:
+    # Parameters added later are left out while at their defaults, so runs
+    # cached before they existed keep their fingerprints.
+    params = {k: v for k, v in params.items()
+              if not (k in self.later and v == self.parameters.get(k))}
     record = {
         'component': self.name,
         'version': self.version,
@@ -294,14 +300,17 @@ class Component:
     return RunResult(self.name, outputs, False, duration, final)
 
 
-def component(fn: Callable[..., Any] | None = None, *, version: str = '1'):
+def component(fn: Callable[..., Any] | None = None, *, version: str = '1',
+              later: tuple[str, ...] = ()):
   """Decorator: turns a keyword-only function into a `Component`.
 
   Args:
     fn: the function.
     version: bump it when the function's behaviour changes, so earlier cached
       runs are not reused.
+    later: parameters added after runs were cached whose default keeps the
+      old behaviour: left out of the fingerprint while at their default.
   """
   if fn is None:
-    return lambda f: Component(f, version=version)
-  return Component(fn, version=version)
+    return lambda f: Component(f, version=version, later=later)
+  return Component(fn, version=version, later=later)

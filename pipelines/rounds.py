@@ -75,7 +75,8 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
         res = label_round.run(
             p.wd, splits=p.query_splits, previous=labeled, student=model,
             victim=p.victim_ref, output=cfg.output, n=size - sizes[r - 1],
-            strategy=strategy, seed=cfg.seed, round_index=r)
+            strategy=strategy, seed=cfg.seed, round_index=r,
+            candidates=cfg.round_candidates)
         p.steps.record(f'{strategy} round {r}: +{size - sizes[r - 1]} queries',
                        res)
         labeled = res['labeled']
@@ -97,6 +98,7 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
       ([f'e{round_epochs:g}'] if round_epochs != 1.0 else []) +
       ([recipe_tag(cfg.student_recipe)] if cfg.student_recipe else []) +
       (['warm'] if cfg.warm_start else []) +
+      ([f'c{cfg.round_candidates}'] if cfg.round_candidates else []) +
       ['_'.join(strategies), f's{cfg.seed}'] +
       (['smoke'] if cfg.smoke else [])))
   out_dir = os.path.join(p.wd, 'steal_rounds', run_name)

@@ -87,6 +87,10 @@ _ROUND_EPOCHS = flags.DEFINE_float(
     "a fraction of the recipe's. Those students only pick the next queries "
     '(their fidelity is still reported); the last one is the stolen model '
     'and gets the full recipe. Below 1 the rounds cost less time.')
+_ROUND_CANDIDATES = flags.DEFINE_integer(
+    'round_candidates', 0, 'Per round, the strategy scores a random this '
+    'many of the pool images not asked yet instead of all of them (0: all); '
+    'selection then costs that many forward passes.')
 _WARM_START = flags.DEFINE_bool(
     'warm_start', False, "Each round's student starts from the weights of "
     "the round before's (trained further on every answer so far) instead of "
@@ -123,6 +127,7 @@ class StealConfig:
   round_epochs: float = 1.0
   student_recipe: tuple[tuple[str, object], ...] = ()  # (field, value) pairs
   warm_start: bool = False
+  round_candidates: int = 0
   students: tuple[str, ...] = ()
   distribute: str = 'default'
   workdir: str = './runs'
@@ -252,6 +257,9 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
                        'first).')
   if not cfg.round_epochs > 0:
     raise ValueError(f'--round_epochs must be above 0, got {cfg.round_epochs}.')
+  if cfg.round_candidates < 0:
+    raise ValueError('--round_candidates must be 0 (the whole pool) or '
+                     f'positive, got {cfg.round_candidates}.')
   if cfg.warm_start and cfg.rounds < 2:
     raise ValueError('--warm_start starts each round\'s student from the '
                      'round before\'s; add --rounds (2 or more) or '
@@ -512,6 +520,7 @@ def config_from_flags() -> StealConfig:
       round_epochs=_ROUND_EPOCHS.value,
       student_recipe=parse_recipe_overrides(_STUDENT_RECIPE.value),
       warm_start=_WARM_START.value,
+      round_candidates=_ROUND_CANDIDATES.value,
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)
 

@@ -48,6 +48,23 @@ def test_reuse_and_fingerprint(tmp_path):
   assert d1.execution_dir != d2.execution_dir
 
 
+def test_a_later_parameter_at_its_default_keeps_the_fingerprint():
+  def before(*, out: OutputArtifact[Examples], n: Parameter[int] = 3):
+    del out, n
+
+  def after(*, out: OutputArtifact[Examples], n: Parameter[int] = 3,
+            extra: Parameter[int] = 0):
+    del out, n, extra
+  after.__name__ = 'before'
+  old = Component(before)
+  new = Component(after, later=('extra',))
+  plain = Component(after)  # not declared later: every fingerprint changes
+  fp = lambda c, **p: c.fingerprint({}, c._split_kwargs(p)[1])  # pylint: disable=protected-access
+  assert fp(new, n=3) == fp(old, n=3) == fp(new, n=3, extra=0)
+  assert fp(new, n=3, extra=5) != fp(old, n=3)
+  assert fp(plain, n=3) != fp(old, n=3)
+
+
 def test_failed_run_leaves_nothing_finished(tmp_path):
   with pytest.raises(RuntimeError):
     make.run(str(tmp_path), n=5, fail=True)

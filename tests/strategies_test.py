@@ -64,6 +64,36 @@ def test_distinct_new_picks_and_exact_budget(name, pool, plain, committee):
                       student=_student_for(name, plain, committee))
 
 
+@pytest.mark.parametrize('name', list(st.QUERY_STRATEGIES))
+def test_candidates_limit_what_the_strategy_scores(name, pool, plain,
+                                                   committee):
+  chosen = np.arange(0, 600, 7)
+  seen = []
+  student = _student_for(name, plain, committee)
+  counting = st.Student(lambda x: (seen.append(len(x)),
+                                   student.sample_probs(x))[1],
+                        student.keras_model, student.num_samples)
+  idx = st.select_queries(pool, 20, name, seed=3, chosen=chosen,
+                          student=None if name == 'random' else counting,
+                          candidates=100)
+  assert len(set(idx.tolist())) == 20
+  assert not set(idx.tolist()) & set(chosen.tolist())
+  # the strategy saw the asked images and 100 candidates, not the pool
+  assert all(n <= len(chosen) + 100 for n in seen)
+  if name in ('entropy', 'margin', 'least_confidence', 'bald', 'qbc'):
+    assert seen  # they score through sample_probs
+  with pytest.raises(ValueError, match='cannot hold'):
+    st.select_queries(pool, 20, name, chosen=chosen, student=counting,
+                      candidates=10)
+
+
+def test_candidates_keep_the_strategy_near_the_boundary(pool, plain):
+  idx = st.select_queries(pool, 10, 'margin', seed=0, student=plain,
+                          candidates=200)
+  rnd = st.select_queries(pool, 10, 'random', seed=0)
+  assert np.abs(pool[idx, 0]).mean() < 0.25 * np.abs(pool[rnd, 0]).mean()
+
+
 @pytest.mark.parametrize('name', ['entropy', 'margin', 'least_confidence',
                                   'dfal', 'dfal_kcenter'])
 def test_boundary_strategies_ask_near_the_boundary(name, pool, plain):

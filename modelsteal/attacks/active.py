@@ -71,7 +71,7 @@ def load_student_view(model: Model):
   return as_student(model.load_keras())
 
 
-@component
+@component(later=('candidates',))
 def label_round(*, splits: InputArtifact[Examples],
                 previous: InputArtifact[Examples],
                 student: InputArtifact[Model],
@@ -82,12 +82,15 @@ def label_round(*, splits: InputArtifact[Examples],
                 strategy: Parameter[str] = 'entropy',
                 seed: Parameter[int] = 0,
                 round_index: Parameter[int] = 1,
-                batch_size: Parameter[int] = 256):
+                batch_size: Parameter[int] = 256,
+                candidates: Parameter[int] = 0):
   """Picks `n` new pool images with `strategy` and the current `student`,
   labels them through the oracle, and writes every answer so far.
 
   Writes split `train` (as `label_queries`: `x`, `y`, `answers`, `idx`),
-  the previous rounds' rows first. Properties: cumulative `queries_asked`
+  the previous rounds' rows first. `candidates` > 0: the strategy scores a
+  random that many of the images not asked yet (0: all of them). Properties:
+  cumulative `queries_asked`
   and `queries_paid`, this round's `select_s` and `label_s` (seconds).
   """
   from modelsteal.attacks.components import _answer_cache_dir  # pylint: disable=g-import-not-at-top
@@ -98,7 +101,8 @@ def label_round(*, splits: InputArtifact[Examples],
   pool = splits.load_split('pool')
   started = time.time()
   idx = select_queries(pool['x'], n, strategy, seed * 1000 + round_index,
-                       student=load_student_view(student), chosen=prev['idx'])
+                       student=load_student_view(student), chosen=prev['idx'],
+                       candidates=candidates)
   select_s = time.time() - started
   started = time.time()
   oracle = make_oracle(victim, output=output, budget=n,

@@ -287,8 +287,13 @@ def check_strategy(name: str) -> None:
 
 
 def select_queries(pool_x: np.ndarray, budget: int, strategy: str = 'random',
-                   seed: int = 0, *, student=None, chosen=None) -> np.ndarray:
+                   seed: int = 0, *, student=None, chosen=None,
+                   candidates: int = 0) -> np.ndarray:
   """Indices of `budget` pool images to query next.
+
+  `candidates` > 0: the strategy sees only a random `candidates` of the
+  images not asked yet (plus those asked, as `chosen`), so scoring the pool
+  costs that many forward passes instead of the whole pool's.
 
   Raises:
     KeyError: unknown strategy (lists the valid ones).
@@ -303,9 +308,28 @@ def select_queries(pool_x: np.ndarray, budget: int, strategy: str = 'random',
     raise ValueError(f'the query budget ({budget}) is larger than the '
                      f"attacker's query pool ({free} images not yet asked); "
                      'lower --budget or use a larger --query_data.')
-  idx = np.asarray(QUERY_STRATEGIES[strategy](
-      pool_x, budget, np.random.default_rng(seed), student=student,
-      chosen=chosen), np.int64)
+  if candidates < 0:
+    raise ValueError(f'candidates must be 0 (the whole pool) or positive, '
+                     f'got {candidates}.')
+  rng = np.random.default_rng(seed)
+  if candidates and candidates < free:
+    if candidates < budget:
+      raise ValueError(f'{candidates} candidates cannot hold the {budget} '
+                       'queries of this round; raise the candidates.')
+    asked = (np.asarray(chosen, np.int64) if chosen is not None else
+             np.zeros(0, np.int64))
+    sub = np.concatenate([asked, rng.choice(_free(len(pool_x), asked),
+                                            candidates, replace=False)])
+    picked = np.asarray(QUERY_STRATEGIES[strategy](
+        pool_x[sub], budget, rng, student=student,
+        chosen=np.arange(len(asked))), np.int64)
+    if len(picked) and (picked.min() < 0 or picked.max() >= len(sub)):
+      raise StrategyError(f'query strategy {strategy!r} returned indices '
+                          'outside the pool.')
+    idx = sub[picked]
+  else:
+    idx = np.asarray(QUERY_STRATEGIES[strategy](
+        pool_x, budget, rng, student=student, chosen=chosen), np.int64)
   again = np.intersect1d(idx, chosen) if chosen is not None else []
   if len(idx) != budget or len(np.unique(idx)) != budget or len(again):
     raise StrategyError(f'query strategy {strategy!r} returned {len(idx)} '
