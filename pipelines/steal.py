@@ -28,6 +28,9 @@ Variants:
                                  a victim behind a TF-Serving REST endpoint
                                  (python -m pipelines.serve), over HTTP
     --students=mnist_cnn,lenet5,mnist_mlp              student architectures
+    --warm_start --round_candidates=10000              cheaper rounds: train
+                                 each round's student further, score 10,000
+                                 candidates per round
     --student_recipe=batch_size=128,epochs=30          the students' training
                                  recipe (default: epochs by answer count)
     --students=mnist_cnn,ensemble:mnist_cnn,mcdropout:mnist_cnn:samples=20

@@ -141,10 +141,14 @@ def test_student_recipe_changes_every_student(tiny_npz, tmp_path):
 def test_warm_start_trains_each_round_further(tiny_npz, tmp_path):
   from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path)
-  _main(**_common(tiny_npz, wd, query_strategy='margin'), warm_start=True)
+  _main(**_common(tiny_npz, wd, query_strategy='margin'), warm_start=True,
+        round_candidates=40)
   df, out_dir = _rounds(wd)
   assert list(df['queries']) == [30, 60, 90]
-  assert '-warm-' in os.path.basename(out_dir)
+  assert '-warm-c40-' in os.path.basename(out_dir)
+  for d in glob.glob(os.path.join(wd, 'label_round', '*')):
+    with open(os.path.join(d, 'execution.json')) as f:
+      assert json.load(f)['parameters']['candidates'] == 40
 
   def models(component):
     return [Model.load(d) for d in
@@ -217,6 +221,7 @@ def test_round_schedule_scales_with_a_capped_budget(tiny_npz, tmp_path,
     (dict(student_recipe=['depth=3']), "unknown field 'depth'"),
     (dict(student_recipe=['batch_size']), 'write KEY=VALUE'),
     (dict(warm_start=True, rounds=1), '--warm_start starts'),
+    (dict(round_candidates=-1), '--round_candidates must be'),
     (dict(warm_start=True, query_strategy='bald',
           students=['mcdropout:mnist_mlp:samples=4']), 'plain students'),
 ])
