@@ -156,6 +156,25 @@ def student_recipe(arch: str, n: int, smoke: bool, overrides=()) -> dict:
   return recipe_params(TrainConfig(**recipe))
 
 
+def victim_path_name(path: str) -> str:
+  """A run-name part for `--victim_path`: the last path part that names the
+  model, past TF-Serving version directories and generic folder names.
+
+  >>> victim_path_name('/models/mnist/1')
+  'mnist'
+  >>> victim_path_name('runs/train_model/50ff38b1/model/serving/1/')
+  '50ff38b1'
+  >>> victim_path_name('victim.keras')
+  'victim'
+  """
+  parts = [p for p in os.path.normpath(path).split(os.sep) if p]
+  for part in reversed(parts):
+    if not part.isdigit() and part not in ('serving', 'model', 'saved_model',
+                                           '.', '..'):
+      return part[:-len('.keras')] if part.endswith('.keras') else part
+  return 'victim'
+
+
 def parse_recipe_overrides(items) -> tuple[tuple[str, object], ...]:
   """`['batch_size=128', 'epochs=40']` -> typed (field, value) pairs.
 
@@ -351,7 +370,7 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
     victim_ref, victim_name = _rest_victim(cfg.victim_url, dataset)
   else:
     victim_ref = victims.victim_ref_from_path(cfg.victim_path)
-    victim_name = os.path.basename(os.path.normpath(cfg.victim_path))
+    victim_name = victim_path_name(cfg.victim_path)
     load_predictor(victim_ref['path']).check_input(dataset.shape)
   if not students:
     students = (['mnist_cnn', 'mnist_mlp'] if dataset.shape[-1] == 1

@@ -141,13 +141,23 @@ def test_smoke_caps_budgets_above_the_pool(tiny_npz, tmp_path, capsys):
 
 def test_victim_path_savedmodel(tiny_model, tiny_npz, tmp_path):
   from modelsteal.export import export_saved_model
-  export_saved_model(tiny_model, str(tmp_path / 'victim'))
+  # a TF-Serving layout: the version directory is not the victim's name
+  export_saved_model(tiny_model, str(tmp_path / 'victim' / '1'))
   wd = str(tmp_path / 'w')
-  _main(victim_path=str(tmp_path / 'victim'), dataset=tiny_npz, workdir=wd,
-        smoke=True, budget=50, students=['mnist_mlp'])
+  _main(victim_path=str(tmp_path / 'victim' / '1'), dataset=tiny_npz,
+        workdir=wd, smoke=True, budget=50, students=['mnist_mlp'])
   df = _results(wd)
   assert df['role'].tolist() == ['victim', 'student']
+  assert df['model'].iloc[0] == 'victim'
   assert df['victim_accuracy'].iloc[0] > 0.9  # the tiny model is good
+
+
+def test_victim_path_name():
+  assert steal.victim_path_name('/models/mnist/1') == 'mnist'
+  assert steal.victim_path_name(
+      'runs/train_model/50ff38b1/model/serving/1/') == '50ff38b1'
+  assert steal.victim_path_name('victim.keras') == 'victim'
+  assert steal.victim_path_name('/1') == 'victim'
 
 
 def test_interrupted_labeling_resumes_without_paying_twice(
