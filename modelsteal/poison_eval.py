@@ -185,9 +185,11 @@ def evaluate_poison(*, clean: InputArtifact[Examples],
   panels = {}
   for (target, data_name), acc in sorted(curves.items()):
     panels.setdefault(target, {})[data_name] = acc
+  about = ', '.join(f'{k}={props[k]}' for k in ('eps', 'surrogate')
+                    if props.get(k) is not None)  # an npz has neither
   plot_epoch_curves(evaluation.path('accuracy.png'), panels,
-                    title=f'{props.get("name", "poisoned")}: eps={props.get("eps")}, '
-                          f'surrogate={props.get("surrogate")}')
+                    title=f'{props.get("name", "poisoned")}' +
+                    (f': {about}' if about else ''))
   evaluation.properties.update({
       'poisoned_uri': poisoned.uri, 'clean_uri': clean.uri,
       'targets': list(targets), 'epochs': epochs,
