@@ -24,9 +24,9 @@ import time
 def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
   """Runs each strategy's rounds; returns (per-round DataFrame, out dir).
 
-  `prepare`, `train_student` and `recipe_tag` are `pipelines.steal`'s (passed in: that
-  module may be `__main__`, and importing it again would define its flags
-  twice).
+  `prepare`, `train_student` and `recipe_tag` are `pipelines.steal`'s
+  (passed in: that module may be `__main__`, and importing it again would
+  define its flags twice).
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
@@ -59,9 +59,6 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
                        'members as the first --students entry, e.g. '
                        f'--students=ensemble:{arch} or mcdropout:{arch}; got '
                        f'{arch!r}.')
-  if cfg.warm_start and uq.is_uq_spec(arch):
-    raise ValueError(f'--warm_start trains plain students further; the first '
-                     f'--students entry is the UQ student {arch!r}.')
   rows = []
   for strategy in strategies:
     lab = label_queries.run(p.wd, splits=p.query_splits, victim=p.victim_ref,

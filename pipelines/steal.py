@@ -305,6 +305,9 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
   else:
     spec = victims.get_victim(cfg.victim)
   students = list(cfg.students) or list(spec.students if spec else ())
+  if cfg.warm_start and students and uq.is_uq_spec(students[0]):
+    raise ValueError('--warm_start trains plain students further; the first '
+                     f'--students entry is the UQ student {students[0]!r}.')
   for s in students:
     if uq.is_uq_spec(s):
       uq.parse_spec(s)  # raises a clear error on a bad spec
