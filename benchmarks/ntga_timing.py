@@ -44,6 +44,10 @@ _CONFIGURE = flags.DEFINE_bool(
     'defaults, one device with a thread pool).')
 _TILE = flags.DEFINE_integer('tile', 0, 'cnn_ntk rows per tile (0: its '
                             'default, sized for a CPU cache).')
+_CNN_IMPL = flags.DEFINE_enum(
+    'cnn_impl', 'auto', ['auto', 'cpu', 'xla'], 'cnn_ntk implementation '
+    '(auto: numba loops on a CPU, XLA on an accelerator); the CSV\'s method '
+    'column names it.')
 _SHAPE = flags.DEFINE_list('shape', ['28', '28', '1'], 'Image shape H,W,C.')
 
 
@@ -108,8 +112,14 @@ def main(argv):
       fn = nt_kernel
       if method == 'ours':
         fn = kernels.get_surrogate(sur, 10).kernel_fn
-        if sur == 'cnn' and _TILE.value:
-          fn = functools.partial(kernels.cnn_ntk, tile=_TILE.value)
+        if sur == 'cnn':
+          impl = _CNN_IMPL.value
+          if impl == 'auto':
+            impl = ('cpu' if kernels.cnn_cpu.available() and
+                    jax.default_backend() == 'cpu' else 'xla')
+          fn = functools.partial(kernels.cnn_ntk, tile=_TILE.value or 8,
+                                 impl=impl)
+          method = f'ours-{impl}'
       att = attack.NTGA(fn, xv, yv, 10,
                         attack.AttackConfig(val_batch_size=bs))
       timed(method, lambda: att.loss_and_grad(xb, yb))

@@ -1,5 +1,6 @@
 """modelsteal.ntga: kernels, GP mean, PGD, the component and the pipeline."""
 
+import functools
 import glob
 import json
 import os
@@ -76,14 +77,20 @@ def _cnn_inputs(shape, seed=0):
   return jnp.asarray(a), jnp.asarray(b)
 
 
-def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64():
+_CNN_IMPLS = ['xla', pytest.param('cpu', marks=pytest.mark.skipif(
+    not kernels.cnn_cpu.available(), reason='numba is not installed'))]
+
+
+@pytest.mark.parametrize('impl', _CNN_IMPLS)
+def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64(impl):
   with enable_x64():
     a, b = _cnn_inputs((9, 7, 2))  # odd sizes: asymmetric SAME padding
     ref = kernels.nt_cnn(10)
     rng = np.random.default_rng(1)
     r = jnp.asarray(rng.normal(size=(5, 4)))
-    # tile=2 also runs the tiled path (lax.map over rows of x1)
-    ours = lambda x, y: kernels.cnn_ntk(x, y, tile=2)
+    # xla: tile=2 also runs the tiled path (lax.map over rows of x1); cpu:
+    # 5 rows and 4 columns pad the kernel's 32-row tiles and 64-column chunks
+    ours = jax.jit(lambda x, y: kernels.cnn_ntk(x, y, tile=2, impl=impl))
     # Values: float64 round-off only, except where a correlation is exactly
     # 1 (all-zero pairs), where both sides' sqrt(prod - k^2) is round-off
     # of ~1e-9 relative.
@@ -103,15 +110,30 @@ def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64():
                                atol=1e-9 * float(jnp.max(jnp.abs(g_ref))))
 
 
-def test_closed_form_cnn_kernel_in_float32_and_cifar_shape():
+@pytest.mark.parametrize('impl', _CNN_IMPLS)
+def test_closed_form_cnn_kernel_in_float32_and_cifar_shape(impl):
   rng = np.random.default_rng(2)
   a = jnp.asarray(rng.random((3, 32, 32, 3), dtype=np.float32))
   b = jnp.asarray(rng.random((2, 32, 32, 3), dtype=np.float32))
-  k = jax.jit(kernels.cnn_ntk)(a, b)
+  ours = functools.partial(kernels.cnn_ntk, impl=impl)
+  k = jax.jit(ours)(a, b)
   assert k.shape == (3, 2) and k.dtype == jnp.float32
   np.testing.assert_allclose(k, kernels.nt_cnn(10)(a, b), rtol=1e-5)
-  g = jax.grad(lambda x: jnp.sum(kernels.cnn_ntk(x, x)))(a)
+  g = jax.grad(lambda x: jnp.sum(ours(x, x)))(a)
   assert g.shape == a.shape and np.all(np.isfinite(g))
+  with enable_x64():  # the float32 gradient against the float64 one
+    g64 = jax.grad(lambda x: jnp.sum(ours(x, x)))(a.astype(jnp.float64))
+  np.testing.assert_allclose(g, g64, rtol=1e-3,
+                             atol=1e-4 * float(jnp.max(jnp.abs(g64))))
+
+
+def test_cnn_kernel_impl_choice_and_errors():
+  assert kernels.resolve_cnn_impl('xla') == 'xla'
+  want = 'cpu' if kernels.cnn_cpu.available() else 'xla'
+  assert kernels.resolve_cnn_impl() == want  # this machine runs JAX on a CPU
+  with pytest.raises(ValueError, match='impl must be one of'):
+    kernels.cnn_ntk(jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 8, 8, 1)),
+                    impl='gpu')
 
 
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):

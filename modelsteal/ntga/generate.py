@@ -199,6 +199,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
                                            train_size or None)
   blocks = make_blocks(poison_order, block_size)
   sur = kernels.get_surrogate(surrogate, num_classes, kernel_impl)
+  cnn_kernel = (kernels.resolve_cnn_impl()
+                if surrogate == 'cnn' and kernel_impl == 'closed_form' else None)
   cfg = attack_lib.AttackConfig(
       eps=eps, eps_iter=eps_iter or None, nb_iter=nb_iter, t=t,
       diag_reg=diag_reg, rand_init=rand_init, precision=precision,
@@ -208,7 +210,9 @@ def generate_ntga(*, examples: InputArtifact[Examples],
   devices = jax.devices()
   print(f'[ntga] {len(poison_order)} images in {len(blocks)} block(s) of '
         f'~{len(blocks[0])}, validation target {len(val_idx)} images, '
-        f'surrogate {surrogate} ({sur.description}), eps={eps:g}, '
+        f'surrogate {surrogate} ({sur.description}'
+        + (f'; cnn_ntk on the {cnn_kernel} kernel' if cnn_kernel else '')
+        + f'), eps={eps:g}, '
         f'eps_iter={cfg.step:g}, '
         + ('official one-step mode' if official else f'nb_iter={nb_iter}')
         + f', t={t:g}, {precision}, '
@@ -299,6 +303,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
           'attack\'s objective noisier'),
       'diag_reg': diag_reg, 'precision': precision,
       'kernel_impl': kernel_impl, 'val_batch_size': cfg.val_batch_size,
+      # which code computed cnn_ntk (numba loops on a CPU, XLA elsewhere)
+      'cnn_kernel': cnn_kernel,
       'sizes': {'train': int(len(idx_sorted)), 'val': int(len(val_idx)),
                 'test': int(len(test['y']))},
       'max_abs_perturbation': float(np.max(np.abs(delta))) if delta.size else 0.0,

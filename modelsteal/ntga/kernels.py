@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modelsteal.ntga import cnn_cpu
+
 W_VAR = 1.76
 B_VAR = 0.18
 FNN_DEPTH = 5
@@ -390,8 +392,55 @@ def _cnn_core_bwd(w_var, b_var, res, g):
 _cnn_core.defvjp(_cnn_core_fwd, _cnn_core_bwd)
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Needs:
+  """Which sides of the CPU kernel are differentiated (a static residual)."""
+  x1: bool
+  x2: bool
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _cnn_core_cpu(f1, f2, w_var, b_var):
+  return cnn_cpu.forward(f1, f2, w_var, b_var,
+                         _dense_coeffs(CNN_DENSE_LAYERS, w_var, b_var))
+
+
+def _cnn_core_cpu_fwd(f1, f2, w_var, b_var):
+  # symbolic_zeros: each leaf says whether it is differentiated, so that the
+  # side that is not (the validation images) costs no patch cotangents.
+  needs = _Needs(*(any(a.perturbed for a in f) for f in (f1, f2)))
+  f1, f2 = (tuple(a.value for a in f) for f in (f1, f2))
+  return _cnn_core_cpu(f1, f2, w_var, b_var), (f1, f2, needs)
+
+
+def _cnn_core_cpu_bwd(w_var, b_var, res, g):
+  f1, f2, needs = res
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return tuple(tuple(jnp.zeros_like(a) for a in f) for f in (f1, f2))
+  return cnn_cpu.backward(f1, f2, g, needs.x1, needs.x2, w_var, b_var,
+                          _dense_coeffs(CNN_DENSE_LAYERS, w_var, b_var))
+
+
+_cnn_core_cpu.defvjp(_cnn_core_cpu_fwd, _cnn_core_cpu_bwd, symbolic_zeros=True)
+
+CNN_IMPLS = ('auto', 'cpu', 'xla')
+
+
+def resolve_cnn_impl(impl: str = 'auto') -> str:
+  """`cpu` or `xla`: what `cnn_ntk(impl=...)` runs on this machine."""
+  if impl not in CNN_IMPLS:
+    raise ValueError(f'impl must be one of {CNN_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return ('cpu' if cnn_cpu.available() and jax.default_backend() == 'cpu'
+            else 'xla')
+  if impl == 'cpu' and not cnn_cpu.available():
+    raise ValueError("impl='cpu' needs numba: pip install numba")
+  return impl
+
+
 def cnn_ntk(x1, x2, w_var: float = W_VAR, b_var: float = B_VAR,
-            tile: int = 8):
+            tile: int = 8, impl: str = 'auto'):
   """NTK (N1, N2) of NTGA's CNN surrogate at infinite width, in closed form.
 
   2 x [Conv(5x5, stride 2, SAME), ReLU], Flatten, 3 x Dense, NTK
@@ -402,23 +451,33 @@ def cnn_ntk(x1, x2, w_var: float = W_VAR, b_var: float = B_VAR,
 
   * conv 1: a batched matrix product of 5x5 patches, one per position;
   * ReLU: the arc-cosine kernel per position (vectorisable arcsin);
-  * conv 2: a 5x5 stride-2 box sum of the maps, zero padded, divided by 25
-    (separable: 8 slice-adds, no `reduce_window`);
+  * conv 2: a 5x5 stride-2 box sum of the maps, zero padded, divided by 25;
   * Flatten: the mean over positions; the Dense layers: an affine map.
 
-  The backward pass is written by hand (`_cnn_core_bwd`) and keeps
-  neural-tangents' zero derivative where a correlation reaches +-1.
-  x1 is processed in tiles of `tile` rows so that the (h, w, tile, N2) maps
-  stay small; tests/ntga_test.py checks value and gradient against `nt_cnn`.
+  Two implementations of the same maths, both with a hand-written backward
+  pass that keeps neural-tangents' zero derivative where a correlation
+  reaches +-1:
+
+  * `cpu`: fused loops in numba (`cnn_cpu`), an XLA custom call; each tile
+    of image pairs goes through the whole network in cache. The default
+    when JAX runs on the CPU and numba is installed.
+  * `xla`: jnp maps of shape (h, w, tile, N2), x1 in tiles of `tile` rows;
+    the default on accelerators.
+
+  tests/ntga_test.py checks values and gradients of both against `nt_cnn`.
 
   Args:
     x1: (N1, H, W, C) images.
     x2: (N2, H, W, C) images, same shape and dtype.
     w_var: weight variance W_std^2.
     b_var: bias variance b_std^2.
-    tile: rows of x1 per tile (N1 is padded to a multiple).
+    tile: rows of x1 per tile of the `xla` implementation.
+    impl: `auto`, `cpu` or `xla`.
   """
+  impl = resolve_cnn_impl(impl)
   f2 = _cnn_features(x2, w_var, b_var)
+  if impl == 'cpu':
+    return _cnn_core_cpu(_cnn_features(x1, w_var, b_var), f2, w_var, b_var)
   n1 = x1.shape[0]
   if n1 <= tile:
     return _cnn_core(_cnn_features(x1, w_var, b_var), f2, w_var, b_var)

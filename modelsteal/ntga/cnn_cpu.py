@@ -1,0 +1,526 @@
+"""The closed-form CNN NTK as fused loops on the CPU (numba).
+
+`kernels.cnn_ntk` in XLA streams every per-position map of a tile through
+memory several times per layer (one loop fusion per elementwise step); on a
+CPU that, not the arithmetic, is its cost. Here one tile of 8 x 64 image
+pairs goes through the whole network in cache: per conv-1 position a small
+BLAS product (the 5x5 patches), the arc-cosine map, and the box sum straight
+into the conv-2 accumulators; then conv 2's arc-cosine map and the mean. The
+backward pass keeps the tile's conv-1 maps (a few hundred KB), runs the
+reverse sweep in the same loops, and computes a side's patch cotangents only
+when that side is differentiated (the validation images never are).
+
+The maths is `kernels.cnn_ntk`'s (same arcsin, same zero-derivative guard);
+`kernels.cnn_ntk` calls into this module through `jax.pure_callback` when
+JAX runs on the CPU and numba is installed, and tests/ntga_test.py checks both
+against neural-tangents.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+try:  # numba is in the `ntga` extra; without it the XLA kernel runs.
+  import numba
+except ImportError:  # pragma: no cover - exercised where numba is missing
+  numba = None
+
+IT = 32   # rows (x1 images) per tile: one BLAS product per position and tile
+JC = 64   # columns (x2 images) per chunk: the SIMD loops run over these;
+          # chunks run in parallel (numba threads)
+
+# asin(x) = x + x^3 P(x^2) on |x| <= 0.75: P's coefficients, lowest first
+# (least squares on Chebyshev nodes, 9e-8 absolute error in float32).
+_ASIN_SMALL = (0.16666547, 0.07506901, 0.04330254, 0.04271592, -0.03874064,
+               0.18656515, -0.23740319, 0.17624229)
+
+
+def available() -> bool:
+  return numba is not None
+
+
+def _identity_decorator(*args, **kwargs):
+  del args, kwargs
+  return lambda f: f
+
+
+if numba is not None:
+  from numba import types as _types  # pylint: disable=g-import-not-at-top
+  from numba.extending import overload as _overload  # pylint: disable=g-import-not-at-top
+  _OPTS = dict(fastmath=True, error_model='numpy', boundscheck=False,
+               cache=True)
+  _inline = numba.njit(inline='always', **_OPTS)
+  _jit = numba.njit(nogil=True, **_OPTS)
+else:  # the module imports; `available()` says no
+  _overload = _identity_decorator
+  _inline = _jit = lambda f: f
+
+
+def _const(like, value):
+  """value in the float type of `like` (a scalar or array), in numba code."""
+  raise NotImplementedError('numba only')
+
+
+def _asin(x):
+  """arcsin for |x| <= 0.75 in numba code (exact in float64)."""
+  raise NotImplementedError('numba only')
+
+
+@_overload(_const, inline='always')
+def _const_numba(like, value):
+  ty = like.dtype if isinstance(like, _types.Array) else like
+  if ty == _types.float32:
+    return lambda like, value: np.float32(value)
+  return lambda like, value: np.float64(value)
+
+
+def _guard_tol(like):
+  """kernels._guard_tol in numba code: 1e-12 in float64, 1e-6 in float32."""
+  raise NotImplementedError('numba only')
+
+
+@_overload(_guard_tol, inline='always')
+def _guard_tol_numba(like):
+  if like == _types.float64:
+    return lambda like: np.float64(1e-12)
+  return lambda like: np.float32(1e-6)
+
+
+@_overload(_asin, inline='always')
+def _asin_numba(x):
+  if x == _types.float64:
+    return lambda x: math.asin(x)
+  s0, s1, s2, s3, s4, s5, s6, s7 = (np.float32(c) for c in _ASIN_SMALL)
+
+  def asin32(x):
+    # Only called with |x| <= 1/sqrt(2) (the smaller of |cos| and sin), so
+    # an odd polynomial needs no sqrt: asin(x) = x + x^3 P(x^2), P fitted
+    # on [0, 0.75] (9e-8 absolute in float32).
+    z = x * x
+    p = ((((((s7 * z + s6) * z + s5) * z + s4) * z + s3) * z + s2) * z
+         + s1) * z + s0
+    return x + x * z * p
+  return asin32
+
+
+@_inline
+def _relu(k, prod, inv):
+  """kernels._relu: theta through the arcsin of the smaller of cos and sin."""
+  zero, one = _const(k, 0.0), _const(k, 1.0)
+  inv2pi = _const(k, 1 / (2 * math.pi))
+  sr = math.sqrt(max(prod - k * k, zero))
+  cos = min(max(k * inv, -one), one)
+  sin = min(sr * inv, one)
+  use_cos = abs(cos) <= sin
+  a = _asin(cos if use_cos else sin)
+  theta = ((_const(k, math.pi / 2) - a) if use_cos else
+           (a if cos > zero else _const(k, math.pi) - a))
+  dot = _const(k, 0.5) - theta * inv2pi
+  return sr * inv2pi + dot * k, dot, sr
+
+
+@_inline
+def _relu_bwd(k, ntk, prod, inv, dot, sr, gk_out, gt_out):
+  """kernels._relu_bwd, with neural-tangents' guard at correlation +-1."""
+  zero, one = _const(k, 0.0), _const(k, 1.0)
+  tol = _guard_tol(k)
+  ok = prod - k * k > tol * prod
+  inv_sr = one / (sr if ok else one)
+  inv_sr = inv_sr if ok else zero
+  gd = gt_out * ntk * inv_sr
+  g_k = gk_out * dot + gd * _const(k, 1 / (2 * math.pi))
+  g_prod = (gk_out * sr - gd * k) * (inv * inv * _const(k, 1 / (4 * math.pi)))
+  return g_k, gt_out * dot, g_prod
+
+
+@_jit
+def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
+           acc_k, acc_t, r1, t1, hk, ht):
+  """Conv 1 + ReLU for one tile; box sums into acc (conv 2, undivided).
+
+  Row by row: the ReLU maps of one input row (r1, t1), their 5-tap window
+  sums along the row (hk, ht), added into the conv-2 rows whose window
+  holds the input row: the separable box sum, 40% fewer adds than 25 taps.
+  """
+  h1, w1, w2 = hw[0], hw[1], hw[2]
+  jc = B.shape[3]
+  acc_k[:] = 0
+  acc_t[:] = 0
+  for y in range(h1):
+    for x in range(w1):
+      p = y * w1 + x
+      np.dot(A[p, i0], B[c, p], kk)
+      for ii in range(IT):
+        qa = qa1[i0 * IT + ii, p]
+        ra = ra1[i0 * IT + ii, p]
+        for jj in range(jc):
+          k = kk[ii, jj] + bvar
+          k1[p, ii, jj] = k
+          kr, dot, _ = _relu(k, qa * qb1[c, p, jj], ra * rb1[c, p, jj])
+          r1[x, ii, jj] = kr
+          t1[x, ii, jj] = k * dot
+    for cx in range(w2):
+      hk[cx] = r1[box[2, cx, 0]]
+      ht[cx] = t1[box[2, cx, 0]]
+      for x in range(box[2, cx, 0] + 1, box[2, cx, 1]):
+        for ii in range(IT):
+          for jj in range(jc):
+            hk[cx, ii, jj] += r1[x, ii, jj]
+            ht[cx, ii, jj] += t1[x, ii, jj]
+    for m in range(box[0, y, 0]):
+      o0 = box[0, y, 1 + m] * w2
+      for cx in range(w2):
+        for ii in range(IT):
+          for jj in range(jc):
+            acc_k[o0 + cx, ii, jj] += hk[cx, ii, jj]
+            acc_t[o0 + cx, ii, jj] += ht[cx, ii, jj]
+
+@_jit
+def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+            bvar, cbox, a_t, a_k, c_0, out):
+  """out (N1, NC * JC) = NTK; A (S1, N1 / IT, IT, F), B (NC, S1, F, JC)."""
+  s1, nt, _, _ = A.shape
+  nc, _, _, jc = B.shape
+  s2 = qa2.shape[1]
+  wt, wk = a_t / s2, a_k / s2
+  for c in range(nc):
+    kk = np.empty((IT, jc), A.dtype)
+    k1 = np.empty((s1, IT, jc), A.dtype)
+    acc_k = np.empty((s2, IT, jc), A.dtype)
+    acc_t = np.empty((s2, IT, jc), A.dtype)
+    r1 = np.empty((hw[1], IT, jc), A.dtype)
+    t1 = np.empty((hw[1], IT, jc), A.dtype)
+    hk = np.empty((hw[2], IT, jc), A.dtype)
+    ht = np.empty((hw[2], IT, jc), A.dtype)
+    sk = np.empty((IT, jc), A.dtype)
+    st = np.empty((IT, jc), A.dtype)
+    for i0 in range(nt):
+      _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
+             acc_k, acc_t, r1, t1, hk, ht)
+      sk[:] = 0
+      st[:] = 0
+      for o in range(s2):
+        for ii in range(IT):
+          qa = qa2[i0 * IT + ii, o]
+          ra = ra2[i0 * IT + ii, o]
+          for jj in range(jc):
+            k2 = cbox * acc_k[o, ii, jj] + bvar
+            t2 = cbox * acc_t[o, ii, jj] + k2
+            kr, dot, _ = _relu(k2, qa * qb2[c, o, jj], ra * rb2[c, o, jj])
+            sk[ii, jj] += kr
+            st[ii, jj] += t2 * dot
+      for ii in range(IT):
+        for jj in range(jc):
+          out[i0 * IT + ii, c * jc + jj] = wt * st[ii, jj] + wk * sk[ii, jj] + c_0
+  return out
+
+@_jit
+def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
+                   hw, bvar, cbox, wt, wk, g, need_a, need_b, c,
+                   gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT):
+  """Backward pass of column chunk c; adds into the g* arrays given."""
+  s1, nt, _, f = A.shape
+  jc = B.shape[3]
+  s2 = qa2.shape[1]
+  dt_ = A.dtype
+  kk = np.empty((IT, jc), dt_)
+  k1 = np.empty((s1, IT, jc), dt_)
+  acc_k = np.empty((s2, IT, jc), dt_)
+  acc_t = np.empty((s2, IT, jc), dt_)
+  ga = np.empty((s2, IT, jc), dt_)
+  gt = np.empty((s2, IT, jc), dt_)
+  r1 = np.empty((hw[1], IT, jc), dt_)
+  t1 = np.empty((hw[1], IT, jc), dt_)
+  hk = np.empty((hw[2], IT, jc), dt_)
+  ht = np.empty((hw[2], IT, jc), dt_)
+  vk = np.empty((hw[2], IT, jc), dt_)
+  vt = np.empty((hw[2], IT, jc), dt_)
+  gk = np.empty((IT, jc), dt_)
+  gsk = np.empty((IT, jc), dt_)
+  gst = np.empty((IT, jc), dt_)
+  tmp_a = np.empty((IT, f), dt_)
+  tmp_b = np.empty((f, jc), dt_)
+  for i0 in range(nt):
+    _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
+           acc_k, acc_t, r1, t1, hk, ht)
+    # conv 2's ReLU and the read-out, reversed.
+    for o in range(s2):
+      for ii in range(IT):
+        i = i0 * IT + ii
+        qa = qa2[i, o]
+        ra = ra2[i, o]
+        gq = _const(bvar, 0.0)
+        for jj in range(jc):
+          k2 = cbox * acc_k[o, ii, jj] + bvar
+          t2 = cbox * acc_t[o, ii, jj] + k2
+          prod = qa * qb2[c, o, jj]
+          inv = ra * rb2[c, o, jj]
+          _, dot, sr = _relu(k2, prod, inv)
+          gi = g[i, c * jc + jj]
+          g_k2, g_t2, g_prod = _relu_bwd(k2, t2, prod, inv, dot, sr,
+                                        gi * wk, gi * wt)
+          # t2 = cbox box(t1r) + k2, k2 = cbox box(k1r) + b
+          ga[o, ii, jj] = cbox * (g_k2 + g_t2)
+          gt[o, ii, jj] = cbox * g_t2
+          gq += g_prod * qb2[c, o, jj]
+          gqb2[c, o, jj] += g_prod * qa
+        gqa2[i, o] += gq
+    # the box sum transposed (conv-2 rows, then columns), conv 1's ReLU
+    # reversed, the patch products.
+    h1, w1, w2 = hw[0], hw[1], hw[2]
+    for y in range(h1):
+      o0 = box[0, y, 1] * w2
+      vk[:] = ga[o0:o0 + w2]
+      vt[:] = gt[o0:o0 + w2]
+      for m in range(1, box[0, y, 0]):
+        o0 = box[0, y, 1 + m] * w2
+        for cx in range(w2):
+          for ii in range(IT):
+            for jj in range(jc):
+              vk[cx, ii, jj] += ga[o0 + cx, ii, jj]
+              vt[cx, ii, jj] += gt[o0 + cx, ii, jj]
+      for x in range(w1):
+        p = y * w1 + x
+        gsk[:] = vk[box[1, x, 1]]
+        gst[:] = vt[box[1, x, 1]]
+        for m in range(1, box[1, x, 0]):
+          cx = box[1, x, 1 + m]
+          for ii in range(IT):
+            for jj in range(jc):
+              gsk[ii, jj] += vk[cx, ii, jj]
+              gst[ii, jj] += vt[cx, ii, jj]
+        for ii in range(IT):
+          i = i0 * IT + ii
+          qa = qa1[i, p]
+          ra = ra1[i, p]
+          gq = _const(bvar, 0.0)
+          for jj in range(jc):
+            k = k1[p, ii, jj]
+            prod = qa * qb1[c, p, jj]
+            inv = ra * rb1[c, p, jj]
+            _, dot, sr = _relu(k, prod, inv)
+            g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr,
+                                        gsk[ii, jj], gst[ii, jj])
+            gk[ii, jj] = g_k + g_t  # conv 1: ntk = nngp
+            gq += g_prod * qb1[c, p, jj]
+            gqb1[c, p, jj] += g_prod * qa
+          gqa1[i, p] += gq
+        if need_a:
+          np.dot(gk, BT[c, p], tmp_a)
+          gA[p, i0] += tmp_a
+        if need_b:
+          np.dot(AT[p, i0], gk, tmp_b)
+          gB[c, p] += tmp_b
+
+@_jit
+def _backward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+             bvar, cbox, a_t, a_k, g, need_a, need_b,
+             gA, gqa1, gqa2, gB, gqb1, gqb2):
+  """Cotangents of (A, qa1, qa2) and (B, qb1, qb2) for the NTK's cotangent
+  g, written into the g* arrays (gA and gB left at 0 where not needed)."""
+  s2 = qa2.shape[1]
+  gA[:] = 0
+  gB[:] = 0
+  gqa1[:] = 0
+  gqa2[:] = 0
+  gqb1[:] = 0
+  gqb2[:] = 0
+  wt, wk = a_t / s2, a_k / s2
+  # the patch products' transposed operands, contiguous for BLAS
+  AT = np.ascontiguousarray(A.transpose(0, 1, 3, 2)) if need_b else A[:1]
+  BT = np.ascontiguousarray(B.transpose(0, 1, 3, 2)) if need_a else B[:1]
+  for c in range(B.shape[0]):
+    _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
+                   hw, bvar, cbox, wt, wk, g, need_a, need_b, c,
+                   gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT)
+
+
+
+@_jit
+def _unpack(ins, dt_):
+  """The custom call's operands as arrays (see `_operands`)."""
+  # operand 0: int32 dims; 1: params; 2-11: the two sides; 12-13: box map
+  d = numba.carray(ins[0], (12,), np.int32)
+  s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
+  prm = numba.carray(ins[1], (5,), dt_)
+  a = numba.carray(ins[2], (s1, nt, it_, f), dt_)
+  qa1 = numba.carray(ins[3], (nt * it_, s1), dt_)
+  ra1 = numba.carray(ins[4], (nt * it_, s1), dt_)
+  qa2 = numba.carray(ins[5], (nt * it_, s2), dt_)
+  ra2 = numba.carray(ins[6], (nt * it_, s2), dt_)
+  b = numba.carray(ins[7], (nc, s1, f, jc), dt_)
+  qb1 = numba.carray(ins[8], (nc, s1, jc), dt_)
+  rb1 = numba.carray(ins[9], (nc, s1, jc), dt_)
+  qb2 = numba.carray(ins[10], (nc, s2, jc), dt_)
+  rb2 = numba.carray(ins[11], (nc, s2, jc), dt_)
+  box = numba.carray(ins[12], (3, d[9], 4), np.int32)
+  hw = numba.carray(ins[13], (3,), np.int32)
+  return d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw
+
+
+@functools.lru_cache(maxsize=None)
+def _targets(dtype_name: str) -> tuple[str, str]:
+  """Registers the XLA custom-call targets (forward, backward) of a dtype.
+
+  Each is a numba `cfunc` with XLA:CPU's original custom-call ABI,
+  `void f(void **out, const void **in)`: inputs are the buffers of the
+  operands below in row-major layout, `out` the result buffer(s). A custom
+  call runs inside the XLA program on the device's thread, like any op: no
+  Python, no GIL, and JAX's asynchronous dispatch and several host devices
+  work as with the XLA kernel (a `jax.pure_callback` deadlocked there).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from numba import types  # pylint: disable=g-import-not-at-top
+  dt = np.dtype(dtype_name)
+  ptrs = types.CPointer(types.voidptr)
+  sig = types.void(ptrs, ptrs)
+  carray = numba.carray
+
+  @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
+  def fwd_cc(out, ins):  # one result: out is its buffer
+    d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
+        _unpack(ins, dt))
+    k = carray(out, (d[1] * d[2], d[4] * d[5]), dt)
+    _forward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
+        prm[0], prm[1], prm[2], prm[3], prm[4], k)
+
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
+    d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
+        _unpack(ins, dt))
+    s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
+    g = carray(ins[14], (nt * it_, nc * jc), dt)
+    ga = carray(out[0], (s1, nt, it_, f), dt)
+    gqa1 = carray(out[1], (nt * it_, s1), dt)
+    gqa2 = carray(out[2], (nt * it_, s2), dt)
+    gb = carray(out[3], (nc, s1, f, jc), dt)
+    gqb1 = carray(out[4], (nc, s1, jc), dt)
+    gqb2 = carray(out[5], (nc, s2, jc), dt)
+    _backward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
+        prm[0], prm[1], prm[2], prm[3], g, d[7] != 0, d[8] != 0,
+        ga, gqa1, gqa2, gb, gqb1, gqb2)
+
+  names = (f'modelsteal_cnn_ntk_fwd_{dtype_name}',
+           f'modelsteal_cnn_ntk_bwd_{dtype_name}')
+  for name, fn in zip(names, (fwd_cc, bwd_cc)):
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn.ctypes),
+                                platform='cpu', api_version=0)
+  _KEEP.extend((fwd_cc, bwd_cc))  # the compiled code must outlive the call
+  return names
+
+
+_KEEP: list = []
+_CFUNC_OPTS = dict(nopython=True, cache=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _box_tables(h: int, w: int):
+  """Index tables of conv 2's 5x5 stride-2 SAME box on (h, w) maps.
+
+  box[0, y] = [n, r0, r1, r2]: the n conv-2 rows whose window holds input
+  row y; box[1, x]: the same for columns; box[2, cx] = [lo, hi, 0, 0]: the
+  input columns [lo, hi) of conv-2 column cx. hw = [h, w, ceil(w / 2)].
+  """
+  from modelsteal.ntga.kernels import _same_pads  # pylint: disable=g-import-not-at-top
+  box = np.zeros((3, max(h, w), 4), np.int32)
+  for axis, size in ((0, h), (1, w)):
+    lo, _ = _same_pads(size)
+    for o in range(-(-size // 2)):
+      first, last = max(2 * o - lo, 0), min(2 * o - lo + 5, size)
+      for i in range(first, last):
+        box[axis, i, 0] += 1
+        box[axis, i, box[axis, i, 0]] = o
+      if axis == 1:
+        box[2, o, :2] = first, last
+  return box, np.array([h, w, -(-w // 2)], np.int32)
+
+
+def _rows(jnp, p, q1, q2):
+  """Side-1 layout: A (S1, N/IT, IT, F), q (Np, S), 1/sqrt(q)."""
+  h1, w1, n, f = p.shape
+  pad = (-n) % IT
+  a = jnp.pad(p.reshape(h1 * w1, n, f), ((0, 0), (0, pad), (0, 0)))
+  qa1 = jnp.pad(q1.reshape(h1 * w1, n).T, ((0, pad), (0, 0)),
+                constant_values=1)
+  qa2 = jnp.pad(q2.reshape(-1, n).T, ((0, pad), (0, 0)), constant_values=1)
+  a = a.reshape(h1 * w1, -1, IT, f)
+  return a, qa1, jax_rsqrt(jnp, qa1), qa2, jax_rsqrt(jnp, qa2)
+
+
+def _cols(jnp, p, q1, q2):
+  """Side-2 layout: B (NC, S1, F, JC), q (NC, S, JC), 1/sqrt(q)."""
+  h1, w1, n, f = p.shape
+  pad = (-n) % JC
+  b = jnp.pad(p.reshape(h1 * w1, n, f), ((0, 0), (0, pad), (0, 0)))
+  qb1 = jnp.pad(q1.reshape(h1 * w1, n), ((0, 0), (0, pad)), constant_values=1)
+  qb2 = jnp.pad(q2.reshape(-1, n), ((0, 0), (0, pad)), constant_values=1)
+  nc = b.shape[1] // JC
+  b = b.reshape(h1 * w1, nc, JC, f).transpose(1, 0, 3, 2)
+  qb1 = qb1.reshape(h1 * w1, nc, JC).transpose(1, 0, 2)
+  qb2 = qb2.reshape(-1, nc, JC).transpose(1, 0, 2)
+  return b, qb1, jax_rsqrt(jnp, qb1), qb2, jax_rsqrt(jnp, qb2)
+
+
+def jax_rsqrt(jnp, x):
+  return 1 / jnp.sqrt(x)
+
+
+def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  p1, p2 = f1[0], f2[0]
+  dt = p1.dtype
+  h1, w1, _, f = p1.shape
+  rows = _rows(jnp, *f1)
+  cols = _cols(jnp, *f2)
+  s2 = f1[2].shape[0] * f1[2].shape[1]
+  box, hw = _box_tables(h1, w1)
+  dims = np.array([h1 * w1, rows[0].shape[1], IT, f, cols[0].shape[0], JC,
+                   s2, need[0], need[1], box.shape[1], 0, 0], np.int32)
+  a_t, a_k, c_0 = dense_coeffs
+  prm = np.array([b_var, w_var / 25, a_t, a_k, c_0], dt)
+  return (jnp.asarray(dims), jnp.asarray(prm)) + rows + cols + (
+      jnp.asarray(box), jnp.asarray(hw))
+
+
+def forward(f1, f2, w_var, b_var, dense_coeffs):
+  """NTK (N1, N2) from the features of `kernels._cnn_features` (traceable)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  n1, n2 = f1[0].shape[2], f2[0].shape[2]
+  ops = _operands(f1, f2, w_var, b_var, dense_coeffs)
+  name, _ = _targets(np.dtype(f1[0].dtype).name)
+  shape = (ops[2].shape[1] * IT, ops[7].shape[0] * JC)
+  out, = jax.ffi.ffi_call(
+      name, (jax.ShapeDtypeStruct(shape, f1[0].dtype),),
+      custom_call_api_version=1)(*ops)
+  return out[:n1, :n2]
+
+
+def backward(f1, f2, g, need1, need2, w_var, b_var, dense_coeffs):
+  """Cotangents of both sides' features (zeros for a side not needed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  p1, p2 = f1[0], f2[0]
+  h1, w1, n1, f = p1.shape
+  n2 = p2.shape[2]
+  ops = _operands(f1, f2, w_var, b_var, dense_coeffs, (need1, need2))
+  _, name = _targets(np.dtype(p1.dtype).name)
+  nt, nc = ops[2].shape[1], ops[7].shape[0]
+  gp = jnp.pad(g, ((0, nt * IT - n1), (0, nc * JC - n2)))
+  shapes = [ops[i].shape for i in (2, 3, 5, 7, 8, 10)]
+  gA, gqa1, gqa2, gB, gqb1, gqb2 = jax.ffi.ffi_call(
+      name, tuple(jax.ShapeDtypeStruct(s, p1.dtype) for s in shapes),
+      custom_call_api_version=1)(*ops, gp)
+  s1 = h1 * w1
+  hw2 = f1[2].shape[:2]
+  g1 = (gA.reshape(s1, -1, f)[:, :n1].reshape(h1, w1, n1, f),
+        gqa1[:n1].T.reshape(h1, w1, n1),
+        gqa2[:n1].T.reshape(hw2 + (n1,)))
+  g2 = (gB.transpose(1, 0, 3, 2).reshape(s1, -1, f)[:, :n2]
+        .reshape(h1, w1, n2, f),
+        gqb1.transpose(1, 0, 2).reshape(s1, -1)[:, :n2].reshape(h1, w1, n2),
+        gqb2.transpose(1, 0, 2).reshape(hw2[0] * hw2[1], -1)[:, :n2]
+        .reshape(hw2 + (n2,)))
+  return g1, g2
