@@ -16,10 +16,12 @@ others: `x_train` (poisoned), `y_train`, `idx_train`, `x_test`, `y_test`.
 
 Cost, measured on a 2-core CPU (see BUILD_NOTES.md, issues 4 and 11): the
 FNN surrogate takes about 0.5 s per block-iteration, 8 minutes for all of
-MNIST; the CNN surrogate's closed-form kernel about 10 s per block-iteration
-against 1,000 validation images on one core (neural-tangents' kernel: 55
-s), so `--official` (one gradient per block) against 2,000 validation images
-poisons all of MNIST in about half an hour on both cores. On an H200 a CNN
+MNIST; the CNN surrogate's closed-form kernel (numba loops on a CPU, see
+`modelsteal/ntga/cnn_cpu.py`; the first run compiles them for about 40 s,
+cached afterwards) about 4 s per block-iteration against 1,000 validation
+images on one core (its XLA version 9 s, neural-tangents' kernel 55 s), so
+`--official` (one gradient per block) against 2,000 validation images poisons
+all of MNIST in about a quarter of an hour. On an H200 a CNN
 gradient against 10,000 validation images takes 0.08 s.
 
 Variants:
@@ -72,8 +74,9 @@ _PRECISION = flags.DEFINE_enum('precision', 'float32', ['float32', 'float64'],
                                'Floating point precision of the attack.')
 _KERNEL_IMPL = flags.DEFINE_enum(
     'kernel_impl', 'closed_form', ['closed_form', 'nt'],
-    'Surrogate kernel: closed_form (fnn_ntk / cnn_ntk, fast) or nt '
-    "(neural-tangents' stax, for comparison).")
+    'Surrogate kernel: closed_form (fnn_ntk / cnn_ntk, fast; cnn_ntk runs '
+    'numba loops on a CPU and XLA on an accelerator, the run record\'s '
+    'cnn_kernel says which) or nt (neural-tangents\' stax, for comparison).')
 _VAL_BATCH = flags.DEFINE_integer(
     'val_batch_size', 0, 'Validation images per batch and device (0: '
     'surrogate default, fnn 500, cnn 64).')

@@ -393,6 +393,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch,
   b = resumed['poisoned'].load_split('train')
   np.testing.assert_array_equal(a['x'], b['x'])
   np.testing.assert_array_equal(a['idx'], b['idx'])
+  # the record names the code that computed the CNN kernel
+  want = kernels.resolve_cnn_impl() if surrogate == 'cnn' else None
+  assert resumed['poisoned'].properties['cnn_kernel'] == want
 
 
 def test_sharded_validation_over_two_devices_matches_one():
