@@ -127,13 +127,19 @@ def test_closed_form_cnn_kernel_in_float32_and_cifar_shape(impl):
                              atol=1e-4 * float(jnp.max(jnp.abs(g64))))
 
 
-def test_cnn_kernel_impl_choice_and_errors():
+def test_cnn_kernel_impl_choice_and_errors(monkeypatch):
   assert kernels.resolve_cnn_impl('xla') == 'xla'
   want = 'cpu' if kernels.cnn_cpu.available() else 'xla'
   assert kernels.resolve_cnn_impl() == want  # this machine runs JAX on a CPU
   with pytest.raises(ValueError, match='impl must be one of'):
     kernels.cnn_ntk(jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 8, 8, 1)),
                     impl='gpu')
+  # on an accelerator: XLA by default, and the CPU kernel refused clearly
+  monkeypatch.setattr(kernels.jax, 'default_backend', lambda: 'gpu')
+  assert kernels.resolve_cnn_impl() == 'xla'
+  if kernels.cnn_cpu.available():
+    with pytest.raises(ValueError, match="runs on JAX's CPU backend"):
+      kernels.resolve_cnn_impl('cpu')
 
 
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):

@@ -447,7 +447,7 @@ def _rows(jnp, p, q1, q2):
                 constant_values=1)
   qa2 = jnp.pad(q2.reshape(-1, n).T, ((0, pad), (0, 0)), constant_values=1)
   a = a.reshape(h1 * w1, -1, IT, f)
-  return a, qa1, jax_rsqrt(jnp, qa1), qa2, jax_rsqrt(jnp, qa2)
+  return a, qa1, 1 / jnp.sqrt(qa1), qa2, 1 / jnp.sqrt(qa2)
 
 
 def _cols(jnp, p, q1, q2):
@@ -461,11 +461,7 @@ def _cols(jnp, p, q1, q2):
   b = b.reshape(h1 * w1, nc, JC, f).transpose(1, 0, 3, 2)
   qb1 = qb1.reshape(h1 * w1, nc, JC).transpose(1, 0, 2)
   qb2 = qb2.reshape(-1, nc, JC).transpose(1, 0, 2)
-  return b, qb1, jax_rsqrt(jnp, qb1), qb2, jax_rsqrt(jnp, qb2)
-
-
-def jax_rsqrt(jnp, x):
-  return 1 / jnp.sqrt(x)
+  return b, qb1, 1 / jnp.sqrt(qb1), qb2, 1 / jnp.sqrt(qb2)
 
 
 def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):

@@ -436,6 +436,10 @@ def resolve_cnn_impl(impl: str = 'auto') -> str:
             else 'xla')
   if impl == 'cpu' and not cnn_cpu.available():
     raise ValueError("impl='cpu' needs numba: pip install numba")
+  if impl == 'cpu' and jax.default_backend() != 'cpu':
+    raise ValueError(f"impl='cpu' runs on JAX's CPU backend; this process "
+                     f"runs on {jax.default_backend()}: use impl='auto' or "
+                     "'xla'")
   return impl
 
 
