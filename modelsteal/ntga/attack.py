@@ -235,8 +235,10 @@ class NTGA:
 
   Work is spread over `devices` by dispatch, not by SPMD partitioning: each
   validation batch lives on one device (round robin) and each device
-  computes its share of the block kernel's rows; JAX runs the devices'
-  calls concurrently and the host adds the parts. (XLA's SPMD partitioner
+  computes its share of the block kernel's rows and the host adds the
+  parts. (Measured with JAX 0.5.3, BUILD_NOTES issue 11, session 5: two
+  host CPU devices ran their programs one after the other, so on a CPU
+  this split buys no parallelism; on several accelerators it does.) (XLA's SPMD partitioner
   on the CPU turned the tiled CNN kernel into a program that did not finish.)
 
   Args:

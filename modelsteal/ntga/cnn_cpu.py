@@ -377,13 +377,12 @@ def _targets(dtype_name: str) -> tuple[str, str]:
   dt = np.dtype(dtype_name)
   ptrs = types.CPointer(types.voidptr)
   sig = types.void(ptrs, ptrs)
-  carray = numba.carray
 
   @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
   def fwd_cc(out, ins):  # one result: out is its buffer
     d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
         _unpack(ins, dt))
-    k = carray(out, (d[1] * d[2], d[4] * d[5]), dt)
+    k = numba.carray(out, (d[1] * d[2], d[4] * d[5]), dt)
     _forward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
         prm[0], prm[1], prm[2], prm[3], prm[4], k)
 
@@ -392,13 +391,13 @@ def _targets(dtype_name: str) -> tuple[str, str]:
     d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
         _unpack(ins, dt))
     s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
-    g = carray(ins[14], (nt * it_, nc * jc), dt)
-    ga = carray(out[0], (s1, nt, it_, f), dt)
-    gqa1 = carray(out[1], (nt * it_, s1), dt)
-    gqa2 = carray(out[2], (nt * it_, s2), dt)
-    gb = carray(out[3], (nc, s1, f, jc), dt)
-    gqb1 = carray(out[4], (nc, s1, jc), dt)
-    gqb2 = carray(out[5], (nc, s2, jc), dt)
+    g = numba.carray(ins[14], (nt * it_, nc * jc), dt)
+    ga = numba.carray(out[0], (s1, nt, it_, f), dt)
+    gqa1 = numba.carray(out[1], (nt * it_, s1), dt)
+    gqa2 = numba.carray(out[2], (nt * it_, s2), dt)
+    gb = numba.carray(out[3], (nc, s1, f, jc), dt)
+    gqb1 = numba.carray(out[4], (nc, s1, jc), dt)
+    gqb2 = numba.carray(out[5], (nc, s2, jc), dt)
     _backward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
         prm[0], prm[1], prm[2], prm[3], g, d[7] != 0, d[8] != 0,
         ga, gqa1, gqa2, gb, gqb1, gqb2)

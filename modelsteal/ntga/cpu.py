@@ -6,6 +6,9 @@ gives XLA one host device per core the process may use, each running its
 programs on one thread (`--xla_cpu_multi_thread_eigen=false`), and `NTGA`
 spreads the validation batches and the block kernel's rows over those
 devices: the work is split once per call rather than inside every operation.
+(Measured later, BUILD_NOTES issue 11, session 5: JAX 0.5.3 ran the host
+devices' programs one after the other, so this split gives no parallelism
+on a CPU; the settings are kept for their shared-machine figures below.)
 Measured (BUILD_NOTES.md, issue 11, `benchmarks/ntga_contention.sh`): with
 another XLA process on the machine an NTGA-FNN gradient slows 1.9x this way.
 Adding `intra_op_parallelism_threads=1` made that 19x, so it is not set.
