@@ -9,7 +9,11 @@
 #   2. damage: FNN-ReLU and FNN targets, clean vs poisoned, 10 epochs
 #   3. damage: CNN target, clean vs poisoned, 5 epochs
 #   4. the best defence of issue 5 (bitdepth:1), CNN target, 5 epochs
-# PGD=1 adds the 10-step PGD generation with the same target (hours here).
+# PGD=1 adds the 10-step PGD generation with the same target (hours here);
+# MODES="pgd official" sets the modes and their order.
+# A set already at $WD/mnist_ntga_cnn_<mode>_v<VAL>.npz is evaluated as it is
+# (step 1 skipped): e.g. one made on a GPU by benchmarks/ntga_cnn_gpu.sh and
+# unpacked with benchmarks/poison_pack.py (VAL=10000 PGD=1 for that one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MNIST=${1:-../shared/data/mnist/mnist.npz}
@@ -17,12 +21,14 @@ WD=${2:-./bench_runs}
 VAL=${VAL:-2000}
 modes=(official)
 [[ "${PGD:-0}" == 1 ]] && modes+=(pgd)
+[[ -n "${MODES:-}" ]] && read -ra modes <<< "$MODES"  # e.g. MODES="pgd official"
 for mode in "${modes[@]}"; do
   npz="$WD/mnist_ntga_cnn_${mode}_v${VAL}.npz"
   extra=()
   [[ $mode == official ]] && extra=(--official)
-  python -m pipelines.ntga --dataset="$MNIST" --surrogate=cnn "${extra[@]}" \
-      --val_size="$VAL" --train_size=50000 --workdir="$WD" --export_npz="$npz"
+  [[ -f "$npz" ]] || python -m pipelines.ntga --dataset="$MNIST" \
+      --surrogate=cnn "${extra[@]}" --val_size="$VAL" --train_size=50000 \
+      --workdir="$WD" --export_npz="$npz"
   python -m pipelines.poison_eval --poisoned="$npz" --dataset="$MNIST" \
       --targets=ntga_fnn_relu,ntga_fnn --target_epochs=10 --workdir="$WD"
   python -m pipelines.poison_eval --poisoned="$npz" --dataset="$MNIST" \

@@ -1,6 +1,7 @@
 """absl entry points: `python -m pipelines.<name>`; each module's docstring
 opens with its command."""
 
+import importlib.util
 import os
 import re
 import sys
@@ -45,9 +46,13 @@ def import_tensorflow_quietly() -> None:
   `absl::InitializeLog` banner, "Could not find cuda drivers", and, only
   where the machine has no NVIDIA driver, the "failed call to cuInit" error.
   Anything else (a real error, a Python warning) is written as it arrives.
+  Where TensorFlow is not installed (a JAX-only GPU image), nothing is done:
+  `pipelines.ntga` runs without it.
   """
   if 'tensorflow' in sys.modules:
     return
+  if importlib.util.find_spec('tensorflow') is None:
+    return  # a JAX-only machine (e.g. a GPU image): pipelines.ntga needs no TF
   no_driver = _no_nvidia_driver()
   sys.stderr.flush()
   read_fd, write_fd = os.pipe()

@@ -142,6 +142,67 @@ def test_cnn_kernel_impl_choice_and_errors(monkeypatch):
       kernels.resolve_cnn_impl('cpu')
 
 
+def test_accelerator_defaults_and_new_jax_fall_back_to_xla(monkeypatch):
+  # accelerators: whole-block tiles and 1,000-image validation batches
+  cpu_sur = kernels.get_surrogate('cnn', 10)
+  assert cpu_sur.val_batch_size == 64 and cpu_sur.kernel_fn is kernels.cnn_ntk
+  monkeypatch.setattr(kernels.jax, 'default_backend', lambda: 'gpu')
+  gpu_sur = kernels.get_surrogate('cnn', 10)
+  assert gpu_sur.val_batch_size == 1000
+  assert gpu_sur.kernel_fn.keywords == {'tile': 512}
+  monkeypatch.undo()
+  # the numba kernel's custom-call ABI is gone from XLA:CPU in new JAX
+  monkeypatch.setattr(kernels.jax, '__version__', '0.6.0')
+  if kernels.cnn_cpu.numba is not None:
+    assert not kernels.cnn_cpu.available()
+    assert kernels.resolve_cnn_impl() == 'xla'
+    with pytest.raises(ValueError, match="no longer supports.*impl='xla'"):
+      kernels.resolve_cnn_impl('cpu')
+
+
+def test_precision_scope_uses_full_float32_products():
+  before = jax.config.jax_default_matmul_precision
+  with attack_lib.precision_scope('float32'):
+    assert jax.config.jax_default_matmul_precision == 'highest'
+    assert jnp.zeros(1).dtype == jnp.float32
+  with attack_lib.precision_scope('float64'):
+    assert jnp.zeros(1).dtype == jnp.float64
+  assert jax.config.jax_default_matmul_precision == before
+
+
+def test_poison_pack_round_trip_is_bit_exact(tiny_npz, tmp_path):
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..',
+                                  'benchmarks'))
+  import poison_pack  # pylint: disable=g-import-not-at-top
+  ds = data.load_dataset(tiny_npz)
+  rng = np.random.default_rng(0)
+  delta = 0.3 * np.sign(rng.standard_normal(ds.x_train.shape))
+  x = np.clip(ds.x_train + delta, 0, 1).astype(np.float32)
+  idx = rng.permutation(len(x))
+  src = tmp_path / 'set.npz'
+  np.savez(src, x_train=x, y_train=ds.y_train, idx_train=idx,
+           x_test=ds.x_test.astype(np.float32), y_test=ds.y_test)
+  paths = poison_pack.pack(str(src), str(tmp_path / 'p' / 'set'), parts=3)
+  assert len(paths) == 3
+  out = poison_pack.unpack(str(tmp_path / 'p' / 'set'), tiny_npz,
+                           str(tmp_path / 'back.npz'))
+  with np.load(out) as a, np.load(src) as b:
+    assert set(a.keys()) == set(b.keys())
+    for k in b.keys():
+      np.testing.assert_array_equal(a[k], b[k])
+  other = tmp_path / 'other.npz'  # another copy of the data: an error
+  with np.load(tiny_npz) as z:
+    np.savez(other, **{k: z[k] for k in z.keys() if k != 'x_test'},
+             x_test=255 - z['x_test'])
+  with pytest.raises(ValueError, match='SHA-256 differs'):
+    poison_pack.unpack(str(tmp_path / 'p' / 'set'), str(other),
+                       str(tmp_path / 'x.npz'))
+  os.remove(paths[1])  # a missing part: an error
+  with pytest.raises(ValueError, match='2 of 3 parts'):
+    poison_pack.unpack(str(tmp_path / 'p' / 'set'), tiny_npz,
+                       str(tmp_path / 'x.npz'))
+
+
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
   assert cpu.available_cores() >= 1

@@ -44,3 +44,28 @@ def test_tensorflow_import_is_quiet_but_stderr_still_works():
                 not os.path.exists('/dev/nvidiactl') else 'absl::Initialize'):
     assert noise not in proc.stderr, proc.stderr
   assert 'real error after import' in proc.stderr
+
+
+def test_ntga_pipeline_runs_where_tensorflow_is_not_installed(tiny_npz,
+                                                              tmp_path):
+  # A JAX-only GPU image: TF hidden by a finder that refuses it.
+  code = ('import sys\n'
+          'class NoTF:\n'
+          '  def find_spec(self, name, path=None, target=None):\n'
+          '    if name.split(".")[0] == "tensorflow":\n'
+          '      raise ModuleNotFoundError("No module named tensorflow")\n'
+          'sys.meta_path.insert(0, NoTF())\n'
+          'import importlib.util\n'
+          'importlib.util.find_spec = (lambda name, *a, f=importlib.util.'
+          'find_spec: None if name == "tensorflow" else f(name, *a))\n'
+          'sys.argv = ["ntga", "--dataset=" + sys.argv[1], "--smoke",\n'
+          '            "--workdir=" + sys.argv[2]]\n'
+          'from absl import app\n'
+          'from pipelines import ntga\n'
+          'app.run(ntga.main)\n')
+  proc = subprocess.run([sys.executable, '-c', code, tiny_npz,
+                         str(tmp_path)], capture_output=True, text=True,
+                        cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'poisoned:' in proc.stdout
+  assert 'tensorflow' not in proc.stderr.lower(), proc.stderr[-2000:]

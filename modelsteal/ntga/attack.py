@@ -373,12 +373,21 @@ class NTGA:
 
 
 def precision_scope(precision: str):
-  """Context manager: JAX x64 mode on for float64, a no-op otherwise."""
+  """Context manager for the attack's arithmetic.
+
+  Matrix products run at full float32 precision ('highest'): on GPUs and TPUs
+  JAX's default is TF32 / bf16 passes, too coarse for the kernels' arcsin
+  near correlation 1 (a no-op on CPUs). float64 also turns JAX's x64 mode on.
+  """
   import contextlib  # pylint: disable=g-import-not-at-top
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.default_matmul_precision('highest'))
   if precision == 'float64':
-    from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
-    return enable_x64()
-  return contextlib.nullcontext()
+    enable_x64 = getattr(jax, 'enable_x64', None)  # JAX >= 0.7
+    if enable_x64 is None:
+      from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+    stack.enter_context(enable_x64())
+  return stack
 
 
 __all__ = ['AttackConfig', 'NTGA', 'cross_entropy', 'gp_predict', 'gp_weights',

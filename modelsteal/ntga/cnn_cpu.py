@@ -38,8 +38,24 @@ _ASIN_SMALL = (0.16666547, 0.07506901, 0.04330254, 0.04271592, -0.03874064,
                0.18656515, -0.23740319, 0.17624229)
 
 
+def unavailable_reason() -> str | None:
+  """Why the kernel cannot run in this process, or None where it can."""
+  if numba is None:
+    return "impl='cpu' needs numba: pip install numba"
+  import jax  # pylint: disable=g-import-not-at-top
+  major, minor = (int(v) for v in jax.__version__.split('.')[:2])
+  if (major, minor) >= (0, 6):
+    # XLA:CPU logs the original custom-call ABI as unsupported from JAX 0.6
+    # on and is removing it; the kernel is tested on 0.4.34-0.5.3 (the
+    # range neural-tangents 0.6.5 imports with).
+    return (f"impl='cpu' uses XLA's original custom-call ABI, which JAX "
+            f"{jax.__version__} no longer supports on CPUs (tested with JAX "
+            "0.4.34-0.5.3): use impl='xla'")
+  return None
+
+
 def available() -> bool:
-  return numba is not None
+  return unavailable_reason() is None
 
 
 def _identity_decorator(*args, **kwargs):

@@ -435,7 +435,7 @@ def resolve_cnn_impl(impl: str = 'auto') -> str:
     return ('cpu' if cnn_cpu.available() and jax.default_backend() == 'cpu'
             else 'xla')
   if impl == 'cpu' and not cnn_cpu.available():
-    raise ValueError("impl='cpu' needs numba: pip install numba")
+    raise ValueError(cnn_cpu.unavailable_reason())
   if impl == 'cpu' and jax.default_backend() != 'cpu':
     raise ValueError(f"impl='cpu' runs on JAX's CPU backend; this process "
                      f"runs on {jax.default_backend()}: use impl='auto' or "
@@ -543,8 +543,14 @@ def get_surrogate(name: str, num_classes: int,
     return Surrogate('fnn', fn, f'{FNN_DEPTH} x [Dense(512), Erf], NTK, '
                      f'W_std^2={W_VAR}, b_std^2={B_VAR}', val_batch_size=500)
   if name == 'cnn':
+    # CPUs: small validation batches (cache; the numba kernel tiles itself).
+    # Accelerators: the whole block as one tile and 1,000-image validation
+    # batches, else the device idles between small launches (H200: 0.08 s
+    # per gradient against 10,000 images this way, BUILD_NOTES issue 11).
+    on_cpu = jax.default_backend() == 'cpu'
+    val_batch = 64 if on_cpu else 1000
     if kernel_impl == 'closed_form':
-      fn = cnn_ntk
+      fn = cnn_ntk if on_cpu else functools.partial(cnn_ntk, tile=512)
     elif kernel_impl == 'nt':
       fn = nt_cnn(num_classes)
     else:
@@ -553,7 +559,8 @@ def get_surrogate(name: str, num_classes: int,
     return Surrogate('cnn', fn,
                      '2 x [Conv(64, 5x5, stride 2, SAME), Relu], Flatten, '
                      f'Dense(384), Dense(192), Dense({num_classes}), NTK, '
-                     f'W_std^2={W_VAR}, b_std^2={B_VAR}', val_batch_size=64)
+                     f'W_std^2={W_VAR}, b_std^2={B_VAR}',
+                     val_batch_size=val_batch)
   raise KeyError(f'unknown surrogate {name!r}; valid: fnn, cnn.')
 
 

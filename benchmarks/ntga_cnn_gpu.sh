@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Full-MNIST NTGA-CNN on one GPU: 10-step PGD and the official one-step mode,
+# the default 10,000-image validation target, each packed losslessly for the
+# trip back (BUILD_NOTES.md, issue 11, "Full MNIST on a GPU"):
+#
+#   bash benchmarks/ntga_cnn_gpu.sh MNIST_NPZ OUT_DIR
+#
+# Needs JAX with a GPU backend, numpy, absl-py, matplotlib; no TensorFlow.
+# Then, on the CPU machine:
+#   python benchmarks/poison_pack.py unpack OUT_DIR/pgd --dataset=MNIST_NPZ --out=SET.npz
+#   python -m pipelines.poison_eval --poisoned=SET.npz --dataset=MNIST_NPZ
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MNIST=${1:?MNIST npz}
+OUT_DIR=${2:?output folder}
+WD=${WD:-/tmp/ntga_gpu}
+MODES=${MODES:-pgd official}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT_DIR" "$WD/meta"
+nvidia-smi -L || true
+python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
+for mode in $MODES; do
+  extra=()
+  [[ $mode == official ]] && extra=(--official)
+  python3 -m pipelines.ntga --dataset="$MNIST" --surrogate=cnn "${extra[@]}" \
+      --workdir="$WD" --export_npz="$WD/$mode.npz"
+  python3 benchmarks/poison_pack.py pack "$WD/$mode.npz" "$OUT_DIR/$mode" --parts=2
+  run=$(dirname "$(ls -d "$WD"/generate_ntga/*/execution.json | xargs ls -t | head -1)")
+  mkdir -p "$WD/meta/$mode"
+  cp "$run/execution.json" "$run/poisoned/blocks.csv" "$run/poisoned/examples.png" "$WD/meta/$mode/"
+  tar -C "$WD/meta" -cf "$OUT_DIR/meta.tar" .
+done
