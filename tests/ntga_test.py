@@ -160,6 +160,32 @@ def test_accelerator_defaults_and_new_jax_fall_back_to_xla(monkeypatch):
       kernels.resolve_cnn_impl('cpu')
 
 
+@pytest.mark.skipif(not kernels.cnn_cpu.available(),
+                    reason='the CPU kernel needs numba (the ntga extra)')
+def test_cpu_kernel_threads_give_the_same_kernel_and_gradients(monkeypatch):
+  x1 = jnp.asarray(synthetic_images(40, seed=5)[0][:, :12, :12], jnp.float32)
+  x2 = jnp.asarray(synthetic_images(200, seed=6)[0][:, :12, :12], jnp.float32)
+
+  def run(n):  # 200 columns: 4 chunks of 64, spread over n threads
+    monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', str(n))
+    f = lambda a, b: jnp.sum(jnp.sin(kernels.cnn_ntk(a, b, impl='cpu')))
+    return (kernels.cnn_ntk(x1, x2, impl='cpu'),) + jax.grad(
+        f, argnums=(0, 1))(x1, x2) + (jax.grad(lambda a: f(a, a))(x2),)
+
+  one = run(1)
+  for n in (2, 3, 8):
+    many = run(n)
+    np.testing.assert_array_equal(many[0], one[0])  # disjoint columns
+    np.testing.assert_array_equal(many[2], one[2])  # per-column cotangents
+    for a, b in zip(many[1::2], one[1::2]):  # summed over threads
+      np.testing.assert_allclose(a, b, rtol=1e-5,
+                                 atol=1e-6 * float(jnp.max(jnp.abs(b))))
+  assert not np.array_equal(one[1], 0 * one[1])
+  monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', 'two')
+  with pytest.raises(ValueError, match='MODELSTEAL_NTGA_THREADS must be'):
+    kernels.cnn_ntk(x1, x2, impl='cpu')
+
+
 def test_precision_scope_uses_full_float32_products():
   before = jax.config.jax_default_matmul_precision
   with attack_lib.precision_scope('float32'):

@@ -2,18 +2,20 @@
 
 `kernels.cnn_ntk` in XLA streams every per-position map of a tile through
 memory several times per layer (one loop fusion per elementwise step); on a
-CPU that, not the arithmetic, is its cost. Here one tile of 8 x 64 image
-pairs goes through the whole network in cache: per conv-1 position a small
-BLAS product (the 5x5 patches), the arc-cosine map, and the box sum straight
-into the conv-2 accumulators; then conv 2's arc-cosine map and the mean. The
-backward pass keeps the tile's conv-1 maps (a few hundred KB), runs the
-reverse sweep in the same loops, and computes a side's patch cotangents only
-when that side is differentiated (the validation images never are).
+CPU that, not the arithmetic, is its cost. Here one tile of IT x JC (32 x 64)
+image pairs goes through the whole network in cache: per conv-1 position a
+small BLAS product (the 5x5 patches), the arc-cosine map, and the box sum
+straight into the conv-2 accumulators; then conv 2's arc-cosine map and the
+mean. The backward pass keeps the tile's conv-1 maps, runs the reverse sweep
+in the same loops, and computes a side's patch cotangents only when that
+side is differentiated (the validation images never are). The column chunks
+of a call are spread over `threads()` POSIX threads (one per available core
+by default, `MODELSTEAL_NTGA_THREADS` to set).
 
 The maths is `kernels.cnn_ntk`'s (same arcsin, same zero-derivative guard);
-`kernels.cnn_ntk` calls into this module through `jax.pure_callback` when
-JAX runs on the CPU and numba is installed, and tests/ntga_test.py checks both
-against neural-tangents.
+`kernels.cnn_ntk(impl='cpu')` calls into this module as an XLA custom call
+(`forward`, `backward`), and tests/ntga_test.py checks it against the XLA
+version and neural-tangents.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ except ImportError:  # pragma: no cover - exercised where numba is missing
 
 IT = 32   # rows (x1 images) per tile: one BLAS product per position and tile
 JC = 64   # columns (x2 images) per chunk: the SIMD loops run over these;
-          # chunks run in parallel (numba threads)
+          # chunks are spread over threads
 
 # asin(x) = x + x^3 P(x^2) on |x| <= 0.75: P's coefficients, lowest first
 # (least squares on Chebyshev nodes, 9e-8 absolute error in float32).
@@ -196,13 +198,14 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
 
 @_jit
 def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
-            bvar, cbox, a_t, a_k, c_0, out):
-  """out (N1, NC * JC) = NTK; A (S1, N1 / IT, IT, F), B (NC, S1, F, JC)."""
+            bvar, cbox, a_t, a_k, c_0, out, c_lo, c_hi):
+  """out (N1, NC * JC) = NTK, column chunks [c_lo, c_hi) of it;
+  A (S1, N1 / IT, IT, F), B (NC, S1, F, JC)."""
   s1, nt, _, _ = A.shape
-  nc, _, _, jc = B.shape
+  jc = B.shape[3]
   s2 = qa2.shape[1]
   wt, wk = a_t / s2, a_k / s2
-  for c in range(nc):
+  for c in range(c_lo, c_hi):
     kk = np.empty((IT, jc), A.dtype)
     k1 = np.empty((s1, IT, jc), A.dtype)
     acc_k = np.empty((s2, IT, jc), A.dtype)
@@ -332,34 +335,26 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
           gB[c, p] += tmp_b
 
 @_jit
-def _backward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
-             bvar, cbox, a_t, a_k, g, need_a, need_b,
-             gA, gqa1, gqa2, gB, gqb1, gqb2):
+def _backward_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+                    bvar, cbox, a_t, a_k, g, need_a, need_b, c_lo, c_hi,
+                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT):
   """Cotangents of (A, qa1, qa2) and (B, qb1, qb2) for the NTK's cotangent
-  g, written into the g* arrays (gA and gB left at 0 where not needed)."""
+  g, column chunks [c_lo, c_hi): added into the g* arrays given (gA, gqa1,
+  gqa2 sum over chunks; gB, gqb1, gqb2 are per chunk). AT, BT: A and B
+  with their last two axes swapped, contiguous (for BLAS), where needed."""
   s2 = qa2.shape[1]
-  gA[:] = 0
-  gB[:] = 0
-  gqa1[:] = 0
-  gqa2[:] = 0
-  gqb1[:] = 0
-  gqb2[:] = 0
   wt, wk = a_t / s2, a_k / s2
-  # the patch products' transposed operands, contiguous for BLAS
-  AT = np.ascontiguousarray(A.transpose(0, 1, 3, 2)) if need_b else A[:1]
-  BT = np.ascontiguousarray(B.transpose(0, 1, 3, 2)) if need_a else B[:1]
-  for c in range(B.shape[0]):
+  for c in range(c_lo, c_hi):
     _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
                    hw, bvar, cbox, wt, wk, g, need_a, need_b, c,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT)
-
 
 
 @_jit
 def _unpack(ins, dt_):
   """The custom call's operands as arrays (see `_operands`)."""
   # operand 0: int32 dims; 1: params; 2-11: the two sides; 12-13: box map
-  d = numba.carray(ins[0], (12,), np.int32)
+  d = numba.carray(ins[0], (_NDIMS,), np.int32)
   s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
   prm = numba.carray(ins[1], (5,), dt_)
   a = numba.carray(ins[2], (s1, nt, it_, f), dt_)
@@ -377,6 +372,254 @@ def _unpack(ins, dt_):
   return d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw
 
 
+# ------------------------------------------------------------ threads
+# A custom call runs on the XLA device's one thread, and JAX 0.5.3 ran two
+# host devices' programs one after the other (BUILD_NOTES, issue 11), so the
+# kernel spreads its column chunks over threads of its own: POSIX threads
+# started from the compiled code (numba's `prange` cannot be loaded from
+# numba's cache when called from a `cfunc`). The thread routine is a `cfunc`
+# reached through a named symbol, so no address is compiled into cached code.
+_WORKER = 'modelsteal_cnn_ntk_worker'
+_JOB = 12      # int64 fields of a job, see `_job`
+_NDIMS = 14    # int32 dims operand, see `_operands`
+
+if numba is not None:
+  from llvmlite import ir as _ir  # pylint: disable=g-import-not-at-top
+  from numba.core import cgutils as _cgutils  # pylint: disable=g-import-not-at-top
+  from numba.extending import intrinsic as _intrinsic  # pylint: disable=g-import-not-at-top
+
+  _VP = _ir.IntType(8).as_pointer()
+  _I64 = _ir.IntType(64)
+  _I32 = _ir.IntType(32)
+
+  @_intrinsic
+  def _addr(typingctx, ptr):  # pylint: disable=unused-argument
+    """A pointer (voidptr, void**, an array's .ctypes.data) as int64."""
+    def codegen(context, builder, sig, args):
+      v = args[0]
+      if isinstance(v.type, _ir.PointerType):
+        return builder.ptrtoint(v, _I64)
+      return builder.sext(v, _I64) if v.type.width < 64 else v
+    return _types.int64(ptr), codegen
+
+  @_intrinsic
+  def _voidp(typingctx, a):  # pylint: disable=unused-argument
+    def codegen(context, builder, sig, args):
+      return builder.inttoptr(args[0], _VP)
+    return _types.voidptr(_types.int64), codegen
+
+  @_intrinsic
+  def _voidpp(typingctx, a):  # pylint: disable=unused-argument
+    def codegen(context, builder, sig, args):
+      return builder.inttoptr(args[0], _VP.as_pointer())
+    return _types.CPointer(_types.voidptr)(_types.int64), codegen
+
+  @_intrinsic
+  def _spawn(typingctx, job):  # pylint: disable=unused-argument
+    """pthread_create(&tid, NULL, worker, job): tid, or -1 if it failed."""
+    def codegen(context, builder, sig, args):
+      wty = _ir.FunctionType(_VP, [_VP])
+      worker = _cgutils.get_or_insert_function(builder.module, wty, _WORKER)
+      cty = _ir.FunctionType(_I32, [_I64.as_pointer(), _VP, wty.as_pointer(),
+                                    _VP])
+      create = _cgutils.get_or_insert_function(builder.module, cty,
+                                               'pthread_create')
+      tid = _cgutils.alloca_once(builder, _I64)
+      rc = builder.call(create, [tid, _ir.Constant(_VP, None), worker,
+                                 args[0]])
+      ok = builder.icmp_signed('==', rc, _ir.Constant(_I32, 0))
+      return builder.select(ok, builder.load(tid), _ir.Constant(_I64, -1))
+    return _types.int64(_types.voidptr), codegen
+
+  @_intrinsic
+  def _join(typingctx, tid):  # pylint: disable=unused-argument
+    def codegen(context, builder, sig, args):
+      jty = _ir.FunctionType(_I32, [_I64, _VP.as_pointer()])
+      join = _cgutils.get_or_insert_function(builder.module, jty,
+                                             'pthread_join')
+      return builder.call(join, [args[0], _ir.Constant(_VP.as_pointer(),
+                                                       None)])
+    return _types.int32(_types.int64), codegen
+else:
+  _addr = _voidp = _voidpp = _spawn = _join = None
+
+_F32 = np.dtype('float32')
+_F64 = np.dtype('float64')
+
+
+@_jit
+def _chunk_bounds(nc, parts, t):
+  return t * nc // parts, (t + 1) * nc // parts
+
+
+@_jit
+def _run_forward(ins, outp, c_lo, c_hi, dt_):
+  d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
+      _unpack(ins, dt_))
+  k = numba.carray(outp, (d[1] * d[2], d[4] * d[5]), dt_)
+  _forward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
+           prm[0], prm[1], prm[2], prm[3], prm[4], k, c_lo, c_hi)
+
+
+@_jit
+def _run_backward(ins, out, c_lo, c_hi, dt_, ga_p, gqa1_p, gqa2_p, at_p,
+                  bt_p):
+  """The backward pass of chunks [c_lo, c_hi): gA, gqa1, gqa2 into the
+  buffers at ga_p, gqa1_p, gqa2_p; gB, gqb1, gqb2 into the results."""
+  d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
+      _unpack(ins, dt_))
+  s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
+  need_a, need_b = d[7] != 0, d[8] != 0
+  g = numba.carray(ins[14], (nt * it_, nc * jc), dt_)
+  ga = numba.carray(_voidp(ga_p), (s1, nt, it_, f), dt_)
+  gqa1 = numba.carray(_voidp(gqa1_p), (nt * it_, s1), dt_)
+  gqa2 = numba.carray(_voidp(gqa2_p), (nt * it_, s2), dt_)
+  gb = numba.carray(out[3], (nc, s1, f, jc), dt_)
+  gqb1 = numba.carray(out[4], (nc, s1, jc), dt_)
+  gqb2 = numba.carray(out[5], (nc, s2, jc), dt_)
+  at = (numba.carray(_voidp(at_p), (s1, nt, f, it_), dt_) if need_b
+        else a[:1].transpose(0, 1, 3, 2).copy())
+  bt = (numba.carray(_voidp(bt_p), (nc, s1, jc, f), dt_) if need_a
+        else b[:1].transpose(0, 1, 3, 2).copy())
+  _backward_range(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
+                  prm[0], prm[1], prm[2], prm[3], g, need_a, need_b,
+                  c_lo, c_hi, ga, gqa1, gqa2, gb, gqb1, gqb2, at, bt)
+
+
+@_jit
+def _job(job):
+  """Runs one job: [kind (0/1 forward f32/f64, 2/3 backward), ins, out,
+  c_lo, c_hi, gA, gqa1, gqa2, AT, BT buffers (backward), ...]."""
+  kind = job[0]
+  if kind == 0:
+    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F32)
+  elif kind == 1:
+    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F64)
+  elif kind == 2:
+    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F32,
+                  job[5], job[6], job[7], job[8], job[9])
+  else:
+    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F64,
+                  job[5], job[6], job[7], job[8], job[9])
+
+
+@_jit
+def _run_jobs(jobs):
+  """Job 0 on this thread, the others on threads of their own (inline where
+  a thread cannot be started)."""
+  n = jobs.shape[0]
+  tids = np.full(n, -1, np.int64)
+  for t in range(1, n):
+    tids[t] = _spawn(_voidp(_addr(jobs[t].ctypes.data)))
+  _job(jobs[0])
+  for t in range(1, n):
+    if tids[t] >= 0:
+      _join(tids[t])
+    else:
+      _job(jobs[t])
+
+
+@_jit
+def _forward_cc(out, ins, kind):
+  d = numba.carray(ins[0], (_NDIMS,), np.int32)
+  nc = d[4]
+  parts = max(1, min(d[10], nc))
+  jobs = np.zeros((parts, _JOB), np.int64)
+  for t in range(parts):
+    lo, hi = _chunk_bounds(nc, parts, t)
+    jobs[t, 0] = kind
+    jobs[t, 1] = _addr(ins)
+    jobs[t, 2] = _addr(out)
+    jobs[t, 3] = lo
+    jobs[t, 4] = hi
+  _run_jobs(jobs)
+
+
+@_jit
+def _backward_cc(out, ins, kind, dt_):
+  d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
+      _unpack(ins, dt_))
+  s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
+  need_a, need_b = d[7] != 0, d[8] != 0
+  ga = numba.carray(out[0], (s1, nt, it_, f), dt_)
+  gqa1 = numba.carray(out[1], (nt * it_, s1), dt_)
+  gqa2 = numba.carray(out[2], (nt * it_, s2), dt_)
+  ga[:] = 0
+  gqa1[:] = 0
+  gqa2[:] = 0
+  numba.carray(out[3], (nc * s1 * f * jc,), dt_)[:] = 0
+  numba.carray(out[4], (nc * s1 * jc,), dt_)[:] = 0
+  numba.carray(out[5], (nc * s2 * jc,), dt_)[:] = 0
+  # the patch products' transposed operands, contiguous for BLAS
+  at = (np.ascontiguousarray(a.transpose(0, 1, 3, 2)) if need_b
+        else np.empty((1, 1, 1, 1), dt_))
+  bt = (np.ascontiguousarray(b.transpose(0, 1, 3, 2)) if need_a
+        else np.empty((1, 1, 1, 1), dt_))
+  parts = max(1, min(d[10], nc))
+  # threads other than this one sum gA, gqa1, gqa2 into buffers of their own
+  sa = np.zeros((parts - 1, s1, nt, it_, f), dt_)
+  sq1 = np.zeros((parts - 1, nt * it_, s1), dt_)
+  sq2 = np.zeros((parts - 1, nt * it_, s2), dt_)
+  jobs = np.zeros((parts, _JOB), np.int64)
+  for t in range(parts):
+    lo, hi = _chunk_bounds(nc, parts, t)
+    jobs[t, 0] = kind
+    jobs[t, 1] = _addr(ins)
+    jobs[t, 2] = _addr(out)
+    jobs[t, 3] = lo
+    jobs[t, 4] = hi
+    if t == 0:
+      jobs[t, 5] = _addr(ga.ctypes.data)
+      jobs[t, 6] = _addr(gqa1.ctypes.data)
+      jobs[t, 7] = _addr(gqa2.ctypes.data)
+    else:
+      jobs[t, 5] = _addr(sa[t - 1].ctypes.data)
+      jobs[t, 6] = _addr(sq1[t - 1].ctypes.data)
+      jobs[t, 7] = _addr(sq2[t - 1].ctypes.data)
+    jobs[t, 8] = _addr(at.ctypes.data)
+    jobs[t, 9] = _addr(bt.ctypes.data)
+  _run_jobs(jobs)
+  for t in range(parts - 1):
+    ga += sa[t]
+    gqa1 += sq1[t]
+    gqa2 += sq2[t]
+
+
+@functools.lru_cache(maxsize=None)
+def _worker_symbol() -> str:
+  """Compiles (or loads) the thread routine and names it `_WORKER` for the
+  JIT linker; before any code that starts threads is compiled or loaded."""
+  import llvmlite.binding as llvm  # pylint: disable=g-import-not-at-top
+  from numba import types  # pylint: disable=g-import-not-at-top
+
+  @numba.cfunc(types.voidptr(types.voidptr), **_CFUNC_OPTS)
+  def worker(arg):
+    _job(numba.carray(arg, (_JOB,), np.int64))
+    return arg
+
+  llvm.add_symbol(_WORKER, worker.address)
+  _KEEP.append(worker)
+  return _WORKER
+
+
+def threads() -> int:
+  """Threads per kernel call: MODELSTEAL_NTGA_THREADS, else the cores this
+  process may run on."""
+  import os  # pylint: disable=g-import-not-at-top
+  from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
+  env = os.environ.get('MODELSTEAL_NTGA_THREADS')
+  if env:
+    try:
+      n = int(env)
+    except ValueError:
+      n = 0
+    if n < 1:
+      raise ValueError(f'MODELSTEAL_NTGA_THREADS must be a positive integer, '
+                       f'got {env!r}')
+    return n
+  return cpu.available_cores()
+
+
 @functools.lru_cache(maxsize=None)
 def _targets(dtype_name: str) -> tuple[str, str]:
   """Registers the XLA custom-call targets (forward, backward) of a dtype.
@@ -386,37 +629,33 @@ def _targets(dtype_name: str) -> tuple[str, str]:
   operands below in row-major layout, `out` the result buffer(s). A custom
   call runs inside the XLA program on the device's thread, like any op: no
   Python, no GIL, and JAX's asynchronous dispatch and several host devices
-  work as with the XLA kernel (a `jax.pure_callback` deadlocked there).
+  work as with the XLA kernel (a `jax.pure_callback` deadlocked there). It
+  spreads its column chunks over `threads()` threads (dims[10]).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from numba import types  # pylint: disable=g-import-not-at-top
+  _worker_symbol()
   dt = np.dtype(dtype_name)
+  f64 = dt == np.float64
   ptrs = types.CPointer(types.voidptr)
   sig = types.void(ptrs, ptrs)
 
-  @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
-  def fwd_cc(out, ins):  # one result: out is its buffer
-    d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
-        _unpack(ins, dt))
-    k = numba.carray(out, (d[1] * d[2], d[4] * d[5]), dt)
-    _forward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
-        prm[0], prm[1], prm[2], prm[3], prm[4], k)
+  if f64:
+    @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
+    def fwd_cc(out, ins):  # one result: out is its buffer
+      _forward_cc(out, ins, 1)
 
-  @numba.cfunc(sig, **_CFUNC_OPTS)
-  def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
-    d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
-        _unpack(ins, dt))
-    s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
-    g = numba.carray(ins[14], (nt * it_, nc * jc), dt)
-    ga = numba.carray(out[0], (s1, nt, it_, f), dt)
-    gqa1 = numba.carray(out[1], (nt * it_, s1), dt)
-    gqa2 = numba.carray(out[2], (nt * it_, s2), dt)
-    gb = numba.carray(out[3], (nc, s1, f, jc), dt)
-    gqb1 = numba.carray(out[4], (nc, s1, jc), dt)
-    gqb2 = numba.carray(out[5], (nc, s2, jc), dt)
-    _backward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
-        prm[0], prm[1], prm[2], prm[3], g, d[7] != 0, d[8] != 0,
-        ga, gqa1, gqa2, gb, gqb1, gqb2)
+    @numba.cfunc(sig, **_CFUNC_OPTS)
+    def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
+      _backward_cc(out, ins, 3, _F64)
+  else:
+    @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
+    def fwd_cc(out, ins):
+      _forward_cc(out, ins, 0)
+
+    @numba.cfunc(sig, **_CFUNC_OPTS)
+    def bwd_cc(out, ins):
+      _backward_cc(out, ins, 2, _F32)
 
   names = (f'modelsteal_cnn_ntk_fwd_{dtype_name}',
            f'modelsteal_cnn_ntk_bwd_{dtype_name}')
@@ -489,7 +728,8 @@ def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):
   s2 = f1[2].shape[0] * f1[2].shape[1]
   box, hw = _box_tables(h1, w1)
   dims = np.array([h1 * w1, rows[0].shape[1], IT, f, cols[0].shape[0], JC,
-                   s2, need[0], need[1], box.shape[1], 0, 0], np.int32)
+                   s2, need[0], need[1], box.shape[1], threads(), 0, 0, 0],
+                  np.int32)
   a_t, a_k, c_0 = dense_coeffs
   prm = np.array([b_var, w_var / 25, a_t, a_k, c_0], dt)
   return (jnp.asarray(dims), jnp.asarray(prm)) + rows + cols + (

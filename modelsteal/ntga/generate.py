@@ -201,6 +201,7 @@ def generate_ntga(*, examples: InputArtifact[Examples],
   sur = kernels.get_surrogate(surrogate, num_classes, kernel_impl)
   cnn_kernel = (kernels.resolve_cnn_impl()
                 if surrogate == 'cnn' and kernel_impl == 'closed_form' else None)
+  kernel_threads = kernels.cnn_cpu.threads() if cnn_kernel == 'cpu' else None
   cfg = attack_lib.AttackConfig(
       eps=eps, eps_iter=eps_iter or None, nb_iter=nb_iter, t=t,
       diag_reg=diag_reg, rand_init=rand_init, precision=precision,
@@ -212,6 +213,7 @@ def generate_ntga(*, examples: InputArtifact[Examples],
         f'~{len(blocks[0])}, validation target {len(val_idx)} images, '
         f'surrogate {surrogate} ({sur.description}'
         + (f'; cnn_ntk on the {cnn_kernel} kernel' if cnn_kernel else '')
+        + (f', {kernel_threads} thread(s)' if kernel_threads else '')
         + f'), eps={eps:g}, '
         f'eps_iter={cfg.step:g}, '
         + ('official one-step mode' if official else f'nb_iter={nb_iter}')
@@ -304,7 +306,7 @@ def generate_ntga(*, examples: InputArtifact[Examples],
       'diag_reg': diag_reg, 'precision': precision,
       'kernel_impl': kernel_impl, 'val_batch_size': cfg.val_batch_size,
       # which code computed cnn_ntk (numba loops on a CPU, XLA elsewhere)
-      'cnn_kernel': cnn_kernel,
+      'cnn_kernel': cnn_kernel, 'cnn_kernel_threads': kernel_threads,
       'sizes': {'train': int(len(idx_sorted)), 'val': int(len(val_idx)),
                 'test': int(len(test['y']))},
       'max_abs_perturbation': float(np.max(np.abs(delta))) if delta.size else 0.0,
