@@ -89,10 +89,13 @@ def main(argv):
   b.add_argument('--dataset', required=True)
   b.add_argument('--out', required=True)
   args = p.parse_args(argv)
-  if args.cmd == 'pack':
-    pack(args.src, args.prefix, args.parts)
-  else:
-    unpack(args.prefix, args.dataset, args.out)
+  try:
+    if args.cmd == 'pack':
+      pack(args.src, args.prefix, args.parts)
+    else:
+      unpack(args.prefix, args.dataset, args.out)
+  except (OSError, ValueError, KeyError) as e:
+    sys.exit(f'poison_pack: error: {e}')
 
 
 if __name__ == '__main__':

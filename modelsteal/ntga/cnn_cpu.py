@@ -520,19 +520,24 @@ def _run_jobs(jobs):
 
 
 @_jit
-def _forward_cc(out, ins, kind):
+def _new_jobs(kind, ins, out):
+  """One job per thread (dims[10] threads, at most one per column chunk),
+  each with its share of the chunks."""
   d = numba.carray(ins[0], (_NDIMS,), np.int32)
   nc = d[4]
   parts = max(1, min(d[10], nc))
   jobs = np.zeros((parts, _JOB), np.int64)
   for t in range(parts):
-    lo, hi = _chunk_bounds(nc, parts, t)
     jobs[t, 0] = kind
     jobs[t, 1] = _addr(ins)
     jobs[t, 2] = _addr(out)
-    jobs[t, 3] = lo
-    jobs[t, 4] = hi
-  _run_jobs(jobs)
+    jobs[t, 3], jobs[t, 4] = _chunk_bounds(nc, parts, t)
+  return jobs
+
+
+@_jit
+def _forward_cc(out, ins, kind):
+  _run_jobs(_new_jobs(kind, ins, out))
 
 
 @_jit
@@ -555,19 +560,13 @@ def _backward_cc(out, ins, kind, dt_):
         else np.empty((1, 1, 1, 1), dt_))
   bt = (np.ascontiguousarray(b.transpose(0, 1, 3, 2)) if need_a
         else np.empty((1, 1, 1, 1), dt_))
-  parts = max(1, min(d[10], nc))
+  jobs = _new_jobs(kind, ins, out)
+  parts = jobs.shape[0]
   # threads other than this one sum gA, gqa1, gqa2 into buffers of their own
   sa = np.zeros((parts - 1, s1, nt, it_, f), dt_)
   sq1 = np.zeros((parts - 1, nt * it_, s1), dt_)
   sq2 = np.zeros((parts - 1, nt * it_, s2), dt_)
-  jobs = np.zeros((parts, _JOB), np.int64)
   for t in range(parts):
-    lo, hi = _chunk_bounds(nc, parts, t)
-    jobs[t, 0] = kind
-    jobs[t, 1] = _addr(ins)
-    jobs[t, 2] = _addr(out)
-    jobs[t, 3] = lo
-    jobs[t, 4] = hi
     if t == 0:
       jobs[t, 5] = _addr(ga.ctypes.data)
       jobs[t, 6] = _addr(gqa1.ctypes.data)
