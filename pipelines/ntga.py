@@ -82,6 +82,11 @@ _VAL_BATCH = flags.DEFINE_integer(
     'val_batch_size', 0, 'Validation images per batch and device (0: '
     'surrogate default: fnn 500, cnn 64 on a CPU and 1000 on an '
     'accelerator).')
+_VAL_SAMPLE = flags.DEFINE_integer(
+    'val_sample', 0, 'Validation images drawn afresh from the --val_size '
+    'target for each gradient (0: the whole target). A gradient then costs '
+    'what a --val_size=N target would, while the steps together still see '
+    'the whole target; recorded as val_sample and in validation_target.')
 _EXPORT_NPZ = flags.DEFINE_string('export_npz', None,
                                   'Also write the poisoned set to this .npz.')
 
@@ -103,6 +108,7 @@ class NtgaConfig:
   kernel_impl: str = 'closed_form'
   val_batch_size: int = 0
   official: bool = False
+  val_sample: int = 0
   export_npz: str | None = None
   workdir: str = './runs'
   seed: int = 0
@@ -126,9 +132,11 @@ def run(cfg: NtgaConfig):
         f'{len(ds.y_test)} test images {ds.shape}', flush=True)
   val_size, train_size, block_size, nb_iter = (cfg.val_size, cfg.train_size,
                                                cfg.block_size, cfg.nb_iter)
+  val_sample = cfg.val_sample
   if cfg.smoke:
     ds = _shrink(ds)
     val_size, block_size, nb_iter = min(200, len(ds.y_train) // 2), 128, 2
+    val_sample = min(val_sample, val_size // 2)
     room = len(ds.y_train) - val_size
     train_size = min(train_size or room, 256, room)
   examples = data_lib.import_dataset(ds, cfg.workdir)
@@ -141,13 +149,15 @@ def run(cfg: NtgaConfig):
       block_size=block_size, val_size=val_size, train_size=train_size,
       seed=cfg.seed, rand_init=cfg.rand_init, precision=cfg.precision,
       kernel_impl=cfg.kernel_impl, val_batch_size=cfg.val_batch_size,
-      official=cfg.official)
+      official=cfg.official, val_sample=val_sample)
   art = result['poisoned']
   p = art.properties
   note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
   rows = [
       ('dataset', f'{p["source"]} ({p["sizes"]["train"]} poisoned, '
                   f'{p["sizes"]["val"]} validation target)'),
+      ('validation draws', f'{p["val_sample"]} images per gradient'
+       if p.get('val_sample') else 'the whole target'),
       ('surrogate', f'{p["surrogate"]}: {p["surrogate_description"]}'),
       ('eps / eps_iter / nb_iter / t',
        f'{p["eps"]:g} / {p["eps_iter"]:g} / {p["nb_iter"]} / {p["t"]:g}'
@@ -187,6 +197,7 @@ def config_from_flags() -> NtgaConfig:
       val_size=_VAL_SIZE.value, train_size=common.TRAIN_SIZE.value,
       precision=_PRECISION.value, kernel_impl=_KERNEL_IMPL.value,
       val_batch_size=_VAL_BATCH.value, official=_OFFICIAL.value,
+      val_sample=_VAL_SAMPLE.value,
       export_npz=_EXPORT_NPZ.value,
       workdir=common.WORKDIR.value, seed=common.SEED.value,
       smoke=common.SMOKE.value)

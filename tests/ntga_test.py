@@ -1,5 +1,6 @@
 """modelsteal.ntga: kernels, GP mean, PGD, the component and the pipeline."""
 
+import dataclasses
 import functools
 import glob
 import json
@@ -413,6 +414,36 @@ def test_official_mode_is_one_gradient_and_one_full_eps_signed_step():
     attack_lib.AttackConfig(official=True, rand_init=True).validate()
 
 
+def test_val_sample_draws_fresh_subsets_of_the_target():
+  x, y = synthetic_images(60, num_classes=3, size=8, seed=7)
+  xv, yv = x[20:], y[20:]
+  cfg = attack_lib.AttackConfig(eps=0.1, nb_iter=3, t=8.0, val_batch_size=8,
+                                val_sample=12)
+  att = attack_lib.NTGA(kernels.fnn_ntk, xv, yv, 3, cfg)
+  # one gradient on a draw equals the whole-target attack on those images
+  rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+  loss, acc, g = att.loss_and_grad(x[:10], y[:10], rng_a)
+  pick = np.sort(rng_b.choice(40, 12, replace=False))
+  ref = attack_lib.NTGA(kernels.fnn_ntk, xv[pick], yv[pick], 3,
+                        dataclasses.replace(cfg, val_sample=0))
+  loss_r, acc_r, g_r = ref.loss_and_grad(x[:10], y[:10])
+  assert loss == pytest.approx(loss_r, rel=1e-5) and acc == acc_r
+  np.testing.assert_allclose(g, g_r, rtol=1e-4, atol=1e-7)
+  # successive gradients see other images; a block's key fixes the draws
+  _, _, g2 = att.loss_and_grad(x[:10], y[:10], rng_a)
+  assert not np.allclose(g, g2)
+  key = jax.random.PRNGKey(4)
+  x1, s1 = att.attack_block(x[:10], y[:10], key)
+  x2, s2 = att.attack_block(x[:10], y[:10], key)
+  np.testing.assert_array_equal(x1, x2)
+  assert s1['loss'] == s2['loss']
+  with pytest.raises(ValueError, match='exceeds the validation target'):
+    attack_lib.NTGA(kernels.fnn_ntk, xv, yv, 3,
+                    dataclasses.replace(cfg, val_sample=41))
+  with pytest.raises(ValueError, match='val_sample must be'):
+    dataclasses.replace(cfg, val_sample=-1).validate()
+
+
 # ---------------------------------------------------------------- component
 def test_component_keeps_labels_and_order_and_is_deterministic(tmp_path):
   ex = _tiny_examples(tmp_path)
@@ -549,13 +580,16 @@ def test_pipeline_smoke_export_and_reuse(tiny_npz, tmp_path, capsys):
 def test_pipeline_smoke_cnn_official(tiny_npz, tmp_path, capsys):
   from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
   with flagsaver.flagsaver(dataset=tiny_npz, workdir=str(tmp_path), smoke=True,
-                           surrogate='cnn', official=True):
+                           surrogate='cnn', official=True, val_sample=50):
     ntga_pipeline.main(['ntga'])
   out = capsys.readouterr().out
   assert 'official one-step mode' in out and 'poisoned:' in out
+  assert '50 drawn per gradient' in out
   rec = glob.glob(str(tmp_path / 'generate_ntga' / '*' / 'poisoned' /
                       'artifact.json'))
   with open(rec[0]) as f:
     props = json.load(f)['properties']
   assert props['mode'] == 'official one-step' and props['nb_iter'] == 1
   assert 'held out' in props['validation_target']
+  assert props['val_sample'] == 50 and 'drawn afresh' in props[
+      'validation_target']

@@ -62,6 +62,10 @@ class AttackConfig:
       (`nb_iter` and `eps_iter` are then ignored; `rand_init` must be off).
     precision: `float32` or `float64`.
     val_batch_size: validation images per batch and device (memory bound).
+    val_sample: if > 0, each gradient (and the final loss) uses this many
+      validation images drawn afresh without replacement from the target,
+      so a gradient costs what a target of `val_sample` images would while
+      the steps together still see the whole target; 0 uses all of it.
   """
   eps: float = 0.3
   eps_iter: float | None = None
@@ -72,6 +76,7 @@ class AttackConfig:
   precision: str = 'float32'
   val_batch_size: int = 500
   official: bool = False
+  val_sample: int = 0
 
   @property
   def steps(self) -> int:
@@ -106,6 +111,9 @@ class AttackConfig:
                        f'{self.precision!r}.')
     if self.val_batch_size < 1:
       raise ValueError('val_batch_size must be at least 1.')
+    if self.val_sample < 0:
+      raise ValueError(f'val_sample must be >= 0 (0: the whole validation '
+                       f'target), got {self.val_sample}.')
 
 
 # ------------------------------------------------------------ GP mean weights
@@ -262,26 +270,51 @@ class NTGA:
                        '`jax.experimental.enable_x64()`.')
     self.devices = list(devices or jax.devices())
     self.n_devices = len(self.devices)
-    chunk = config.val_batch_size
-    n_val = len(x_val)
-    n_pad = (-n_val) % chunk
-    np_dtype = np.dtype(self.config.precision)
-    xv = np.concatenate([np.asarray(x_val, np_dtype),
-                         np.zeros((n_pad,) + x_val.shape[1:], np_dtype)])
-    yv = np.eye(self.num_classes, dtype=np_dtype)[np.asarray(y_val)]
-    yv = np.concatenate([yv, np.zeros((n_pad, self.num_classes), np_dtype)])
-    wv = np.concatenate([np.ones(n_val, np_dtype), np.zeros(n_pad, np_dtype)])
-    self.n_val = n_val
-    self._val = []  # (device index, x, y, w)
-    for k, i in enumerate(range(0, len(xv), chunk)):
-      d = k % self.n_devices
-      self._val.append((d,) + tuple(jax.device_put(a[i:i + chunk],
-                                                   self.devices[d])
-                                    for a in (xv, yv, wv)))
+    self.n_val = len(x_val)
+    if config.val_sample > self.n_val:
+      raise ValueError(f'val_sample ({config.val_sample}) exceeds the '
+                       f'validation target ({self.n_val} images).')
+    self._pool = None
+    if 0 < config.val_sample < self.n_val:
+      # kept on the host; each gradient ships its own draw
+      self._pool = (np.asarray(x_val), np.asarray(y_val))
+      self._val = None
+    else:
+      self._val = self._batches(x_val, y_val)
     (self._kernel_rows, self._rows_vjp, self._alpha_of, self._gp_vjp,
      self._chunk_grad, self._chunk_loss) = _compiled(
          kernel_fn, float(config.t), float(config.diag_reg))
     self.gradients = 0  # loss_and_grad calls, for records and tests
+
+  def _batches(self, x_val, y_val):
+    """Validation images as padded batches, round robin over the devices:
+    a list of (device index, x, one-hot y, weights)."""
+    chunk = self.config.val_batch_size
+    np_dtype = np.dtype(self.config.precision)
+    n_pad = (-len(x_val)) % chunk
+    xv = np.concatenate([np.asarray(x_val, np_dtype),
+                         np.zeros((n_pad,) + x_val.shape[1:], np_dtype)])
+    yv = np.eye(self.num_classes, dtype=np_dtype)[np.asarray(y_val)]
+    yv = np.concatenate([yv, np.zeros((n_pad, self.num_classes), np_dtype)])
+    wv = np.concatenate([np.ones(len(x_val), np_dtype),
+                         np.zeros(n_pad, np_dtype)])
+    out = []
+    for k, i in enumerate(range(0, len(xv), chunk)):
+      d = k % self.n_devices
+      out.append((d,) + tuple(jax.device_put(a[i:i + chunk], self.devices[d])
+                              for a in (xv, yv, wv)))
+    return out
+
+  def validation(self, rng: np.random.Generator | None = None):
+    """(batches, image count) for one gradient or loss: the whole target,
+    or with `val_sample` a fresh draw of that many images from `rng`."""
+    if self._pool is None:
+      return self._val, self.n_val
+    rng = rng if rng is not None else np.random.default_rng(0)
+    pick = np.sort(rng.choice(self.n_val, self.config.val_sample,
+                              replace=False))
+    return (self._batches(self._pool[0][pick], self._pool[1][pick]),
+            len(pick))
 
   def _on_all(self, x):
     x = np.asarray(x, self.config.precision)
@@ -303,22 +336,28 @@ class NTGA:
     alphas = [alpha] + [self._to(alpha, d) for d in range(1, self.n_devices)]
     return xbs, parts, k_bb, yb1, alphas
 
-  def loss(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, float]:
-    """Mean validation cross-entropy and accuracy of the GP trained on x_b."""
+  def loss(self, xb: np.ndarray, yb: np.ndarray,
+           rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """Mean validation cross-entropy and accuracy of the GP trained on x_b
+    (with `val_sample`, on a draw from `rng`)."""
+    val, n = self.validation(rng)
     xbs, _, _, _, alphas = self._block(xb, yb)
     acc = [[0.0, 0.0] for _ in self.devices]
-    for d, xv, yv, wv in self._val:
+    for d, xv, yv, wv in val:
       l, c = self._chunk_loss(xbs[d], alphas[d], xv, yv, wv)
       acc[d] = [acc[d][0] + l, acc[d][1] + c]
     total = sum(float(a[0]) for a in acc)
     correct = sum(float(a[1]) for a in acc)
-    return total / self.n_val, correct / self.n_val
+    return total / n, correct / n
 
-  def loss_and_grad(self, xb: np.ndarray, yb: np.ndarray):
-    """(mean loss, accuracy, d mean loss / d x_b as float (n, H, W, C))."""
+  def loss_and_grad(self, xb: np.ndarray, yb: np.ndarray,
+                    rng: np.random.Generator | None = None):
+    """(mean loss, accuracy, d mean loss / d x_b as float (n, H, W, C));
+    with `val_sample`, over a draw from `rng`."""
+    val, n = self.validation(rng)
     xbs, parts, k_bb, yb1, alphas = self._block(xb, yb)
     acc = [None] * self.n_devices  # per device: loss, correct, g_x, g_alpha
-    for d, xv, yv, wv in self._val:  # dispatched asynchronously
+    for d, xv, yv, wv in val:  # dispatched asynchronously
       (l, c), (gx, ga) = self._chunk_grad(xbs[d], alphas[d], xv, yv, wv)
       acc[d] = ((l, c, gx, ga) if acc[d] is None else
                 tuple(a + b for a, b in zip(acc[d], (l, c, gx, ga))))
@@ -331,7 +370,7 @@ class NTGA:
            for d, (lo, hi) in enumerate(parts)]
     g = sum(np.asarray(x) for x in g_x) + sum(np.asarray(a[2]) for a in acc)
     self.gradients += 1
-    return total / self.n_val, correct / self.n_val, g / self.n_val
+    return total / n, correct / n, g / n
 
   def attack_block(self, xb: np.ndarray, yb: np.ndarray, key=None,
                    callback: Callable[[int, float], None] | None = None):
@@ -340,7 +379,8 @@ class NTGA:
     Args:
       xb: float (n, H, W, C) clean block in [0, 1].
       yb: int (n,) its labels.
-      key: PRNG key for the random start (needed when `rand_init`).
+      key: PRNG key for the random start (needed when `rand_init`) and the
+        validation draws of `val_sample`.
       callback: called with (step, loss before the step).
 
     Returns:
@@ -358,15 +398,18 @@ class NTGA:
       noise = np.asarray(jax.random.uniform(key, x0.shape, minval=-cfg.eps,
                                             maxval=cfg.eps), np_dtype)
       x = np.clip(x0 + noise, lo, hi)
+    # validation draws (val_sample): reproducible from the block's key
+    rng = np.random.default_rng(
+        0 if key is None else np.asarray(jax.random.key_data(key)))
     losses, accs = [], []
     for i in range(cfg.steps):
-      loss, acc, g = self.loss_and_grad(x, yb)
+      loss, acc, g = self.loss_and_grad(x, yb, rng)
       losses.append(loss)
       accs.append(acc)
       if callback:
         callback(i, loss)
       x = np.clip(x + np_dtype.type(cfg.step) * np.sign(g), lo, hi)
-    final_loss, final_acc = self.loss(x, yb)
+    final_loss, final_acc = self.loss(x, yb, rng)
     losses.append(final_loss)
     accs.append(final_acc)
     return x.astype(np.float32), {'loss': losses, 'val_accuracy': accs}

@@ -141,7 +141,7 @@ def _fmt_time(s: float) -> str:
   return f'{s / 60:.1f}m' if s >= 90 else f'{s:.0f}s'
 
 
-@component(version='1')
+@component(version='1', later=('val_sample',))
 def generate_ntga(*, examples: InputArtifact[Examples],
                   poisoned: OutputArtifact[Examples],
                   surrogate: Parameter[str] = 'fnn',
@@ -158,7 +158,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
                   precision: Parameter[str] = 'float32',
                   kernel_impl: Parameter[str] = 'closed_form',
                   val_batch_size: Parameter[int] = 0,
-                  official: Parameter[bool] = False):
+                  official: Parameter[bool] = False,
+                  val_sample: Parameter[int] = 0):
   """Poisons a training set with block-wise NTGA (see the module docstring).
 
   Args:
@@ -184,6 +185,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
     official: the official code's procedure (one gradient at the clean
       block, one full-eps signed step) instead of PGD; nb_iter and eps_iter
       are ignored.
+    val_sample: if > 0, each gradient uses this many validation images drawn
+      afresh from the `val_size` target (cost of a `val_sample` target).
   """
   from modelsteal.ntga import attack as attack_lib  # pylint: disable=g-import-not-at-top
   from modelsteal.ntga import kernels  # pylint: disable=g-import-not-at-top
@@ -205,12 +208,15 @@ def generate_ntga(*, examples: InputArtifact[Examples],
   cfg = attack_lib.AttackConfig(
       eps=eps, eps_iter=eps_iter or None, nb_iter=nb_iter, t=t,
       diag_reg=diag_reg, rand_init=rand_init, precision=precision,
-      val_batch_size=val_batch_size or sur.val_batch_size, official=official)
+      val_batch_size=val_batch_size or sur.val_batch_size, official=official,
+      val_sample=val_sample)
   cfg.validate()
   scratch = scratch_dir()
   devices = jax.devices()
   print(f'[ntga] {len(poison_order)} images in {len(blocks)} block(s) of '
-        f'~{len(blocks[0])}, validation target {len(val_idx)} images, '
+        f'~{len(blocks[0])}, validation target {len(val_idx)} images'
+        + (f' ({val_sample} drawn per gradient)' if val_sample else '')
+        + ', '
         f'surrogate {surrogate} ({sur.description}'
         + (f'; cnn_ntk on the {cnn_kernel} kernel' if cnn_kernel else '')
         + (f', {kernel_threads} thread(s)' if kernel_threads else '')
@@ -302,7 +308,11 @@ def generate_ntga(*, examples: InputArtifact[Examples],
           f'{len(val_idx)} training images held out of the poisoned set; the '
           'attack maximises the surrogate GP loss on them, so a smaller '
           'target makes each gradient proportionally cheaper and the '
-          'attack\'s objective noisier'),
+          'attack\'s objective noisier'
+          + (f'; each gradient and final loss used {val_sample} of them, '
+             'drawn afresh (the loss figures are estimates from those draws)'
+             if val_sample else '')),
+      'val_sample': val_sample,
       'diag_reg': diag_reg, 'precision': precision,
       'kernel_impl': kernel_impl, 'val_batch_size': cfg.val_batch_size,
       # which code computed cnn_ntk (numba loops on a CPU, XLA elsewhere)
