@@ -381,6 +381,14 @@ def _unpack(ins, dt_):
 # reached through a named symbol, so no address is compiled into cached code.
 _WORKER = 'modelsteal_cnn_ntk_worker'
 _JOB = 12      # int64 fields of a job, see `_job`
+# One compiled routine per job kind (see `_job`), each reached through its
+# symbol: a caller that held the routine's code itself would make numba link
+# and optimise that code again in every function up the call chain (a cold
+# compile took minutes that way).
+_JOB_ROUTINES = ('modelsteal_cnn_ntk_job_fwd_f32',
+                 'modelsteal_cnn_ntk_job_fwd_f64',
+                 'modelsteal_cnn_ntk_job_bwd_f32',
+                 'modelsteal_cnn_ntk_job_bwd_f64')
 _NDIMS = 14    # int32 dims operand, see `_operands`
 
 if numba is not None:
@@ -432,6 +440,22 @@ if numba is not None:
     return _types.int64(_types.voidptr), codegen
 
   @_intrinsic
+  def _call_job(typingctx, kind, job):  # pylint: disable=unused-argument
+    """Calls the job routine of `kind` (0-3, see `_job`) by its symbol name:
+    callers hold only a declaration, not the routine's code."""
+    def codegen(context, builder, sig, args):
+      fty = _ir.FunctionType(_ir.VoidType(), [_VP])
+      fns = [_cgutils.get_or_insert_function(builder.module, fty, name)
+             for name in _JOB_ROUTINES]
+      fn = fns[-1]
+      for k in range(len(fns) - 2, -1, -1):
+        hit = builder.icmp_signed('==', args[0], _ir.Constant(_I64, k))
+        fn = builder.select(hit, fns[k], fn)
+      builder.call(fn, [args[1]])
+      return context.get_dummy_value()
+    return _types.none(_types.int64, _types.voidptr), codegen
+
+  @_intrinsic
   def _join(typingctx, tid):  # pylint: disable=unused-argument
     def codegen(context, builder, sig, args):
       jty = _ir.FunctionType(_I32, [_I64, _VP.as_pointer()])
@@ -441,7 +465,7 @@ if numba is not None:
                                                        None)])
     return _types.int32(_types.int64), codegen
 else:
-  _addr = _voidp = _voidpp = _spawn = _join = None
+  _addr = _voidp = _voidpp = _spawn = _join = _call_job = None
 
 _F32 = np.dtype('float32')
 _F64 = np.dtype('float64')
@@ -489,18 +513,9 @@ def _run_backward(ins, out, c_lo, c_hi, dt_, ga_p, gqa1_p, gqa2_p, at_p,
 @_jit
 def _job(job):
   """Runs one job: [kind (0/1 forward f32/f64, 2/3 backward), ins, out,
-  c_lo, c_hi, gA, gqa1, gqa2, AT, BT buffers (backward), ...]."""
-  kind = job[0]
-  if kind == 0:
-    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F32)
-  elif kind == 1:
-    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F64)
-  elif kind == 2:
-    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F32,
-                  job[5], job[6], job[7], job[8], job[9])
-  else:
-    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F64,
-                  job[5], job[6], job[7], job[8], job[9])
+  c_lo, c_hi, gA, gqa1, gqa2, AT, BT buffers (backward), ...], through the
+  job routine of its kind (`_job_routines`)."""
+  _call_job(job[0], _voidp(_addr(job.ctypes.data)))
 
 
 @_jit
@@ -585,15 +600,54 @@ def _backward_cc(out, ins, kind, dt_):
 
 
 @functools.lru_cache(maxsize=None)
+def _job_routines() -> tuple[str, ...]:
+  """Compiles (or loads) the four job routines and names them for the JIT
+  linker (`_JOB_ROUTINES`); before any code that calls them is compiled or
+  loaded."""
+  import llvmlite.binding as llvm  # pylint: disable=g-import-not-at-top
+  from numba import types  # pylint: disable=g-import-not-at-top
+  sig = types.void(types.voidptr)
+
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def fwd_f32(arg):
+    job = numba.carray(arg, (_JOB,), np.int64)
+    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F32)
+
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def fwd_f64(arg):
+    job = numba.carray(arg, (_JOB,), np.int64)
+    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F64)
+
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def bwd_f32(arg):
+    job = numba.carray(arg, (_JOB,), np.int64)
+    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F32,
+                  job[5], job[6], job[7], job[8], job[9])
+
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def bwd_f64(arg):
+    job = numba.carray(arg, (_JOB,), np.int64)
+    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F64,
+                  job[5], job[6], job[7], job[8], job[9])
+
+  routines = (fwd_f32, fwd_f64, bwd_f32, bwd_f64)
+  for name, fn in zip(_JOB_ROUTINES, routines):
+    llvm.add_symbol(name, fn.address)
+  _KEEP.extend(routines)
+  return _JOB_ROUTINES
+
+
+@functools.lru_cache(maxsize=None)
 def _worker_symbol() -> str:
   """Compiles (or loads) the thread routine and names it `_WORKER` for the
   JIT linker; before any code that starts threads is compiled or loaded."""
   import llvmlite.binding as llvm  # pylint: disable=g-import-not-at-top
   from numba import types  # pylint: disable=g-import-not-at-top
+  _job_routines()
 
   @numba.cfunc(types.voidptr(types.voidptr), **_CFUNC_OPTS)
   def worker(arg):
-    _job(numba.carray(arg, (_JOB,), np.int64))
+    _call_job(numba.carray(arg, (_JOB,), np.int64)[0], arg)
     return arg
 
   llvm.add_symbol(_WORKER, worker.address)
