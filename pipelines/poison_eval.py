@@ -112,7 +112,8 @@ def run(cfg: PoisonEvalConfig):
   for c in ('final_accuracy', 'best_accuracy'):
     shown[c] = (100 * shown[c]).map('{:.2f}%'.format)
   p = poisoned.properties
-  about = ', '.join(f'{k}={p[k]}' for k in ('eps', 'surrogate') if k in p)
+  about = ', '.join(f'{k}={p[k]}' for k in ('eps', 'surrogate')
+                    if p.get(k) is not None)  # an npz has neither
   print(f'\npoisoned set: {poisoned.uri} ({p.get("name")}'
         + (f', {about})' if about else ')'))
   print(shown.to_string(index=False))

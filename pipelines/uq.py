@@ -17,8 +17,9 @@ every `--probe_every` training steps: `diversity.csv` and one
 SavedModel (probabilities, label, entropy, mutual_information).
 
 Cost on the 2-core CPU, victim and answers cached: see BUILD_NOTES.md
-(issue 8). `--smoke` runs in seconds; an interrupted run resumes without
-retraining finished members.
+(issue 8). `--smoke` runs in seconds (tiny data, and only the largest of
+the budgets); an interrupted run resumes without retraining finished
+members.
 
     --methods=ensemble,mcdropout          a subset, or full specs such as
     --methods=ensemble:mnist_cnn:members=3,mcdropout:mnist_cnn:samples=50
@@ -120,7 +121,9 @@ def run(cfg: UQConfig):
                       else p.students[0])
   specs = student_specs(cfg.methods, cfg.variants, base, cfg.steal.smoke)
   rows, traces = [], []
-  for b in p.budgets:
+  # a smoke run checks the study's path once: the largest budget only
+  budgets = p.budgets[-1:] if cfg.steal.smoke else p.budgets
+  for b in budgets:
     labeled = steal.label(p, cfg.steal, b)
     for arch in [base] + specs:
       row = steal.train_student(p, cfg.steal, labeled, arch, b,
@@ -147,7 +150,7 @@ def run(cfg: UQConfig):
   df = evaluation.results_frame(rows, columns)
   run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
       [p.victim_name, cfg.steal.output, base,
-       'b' + '_'.join(map(str, p.budgets)), f's{cfg.steal.seed}'] +
+       'b' + '_'.join(map(str, budgets)), f's{cfg.steal.seed}'] +
       (['smoke'] if cfg.steal.smoke else [])))
   out_dir = os.path.join(p.wd, 'uq', run_name)
   csv_path, json_path = evaluation.save_results(df, out_dir)

@@ -414,7 +414,7 @@ def test_official_mode_is_one_gradient_and_one_full_eps_signed_step():
     attack_lib.AttackConfig(official=True, rand_init=True).validate()
 
 
-def test_val_sample_draws_fresh_subsets_of_the_target():
+def test_val_sample_draws_fresh_subsets_of_the_target(tmp_path):
   x, y = synthetic_images(60, num_classes=3, size=8, seed=7)
   xv, yv = x[20:], y[20:]
   cfg = attack_lib.AttackConfig(eps=0.1, nb_iter=3, t=8.0, val_batch_size=8,
@@ -442,6 +442,10 @@ def test_val_sample_draws_fresh_subsets_of_the_target():
                     dataclasses.replace(cfg, val_sample=41))
   with pytest.raises(ValueError, match='val_sample must be'):
     dataclasses.replace(cfg, val_sample=-1).validate()
+  # the component says so before any kernel is built
+  with pytest.raises(ValueError, match='exceeds the validation target'):
+    generate_lib.generate_ntga.run(str(tmp_path), examples=_tiny_examples(
+        tmp_path), **dict(_TINY, val_sample=41))
 
 
 # ---------------------------------------------------------------- component

@@ -26,12 +26,13 @@ def _results(workdir, kind='uq'):
 def test_smoke_all_methods_table_trace_and_plot(tiny_npz, tmp_path, capsys):
   wd = str(tmp_path)
   _main(victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,
-        budgets=['80'], methods=['all'], variants=['hetero', 'bootstrap'],
-        probe_every=2)
+        budgets=['40', '80'], methods=['all'],
+        variants=['hetero', 'bootstrap'], probe_every=2)
   out = capsys.readouterr().out
   df, out_dir = _results(wd)
   assert list(df['method']) == ['plain', 'ensemble', 'mcdropout', 'swag',
                                 'batchensemble', 'bbb', 'ensemble', 'ensemble']
+  assert set(df['budget']) == {80}  # smoke: the largest budget only
   assert df['arch'].iloc[6].startswith('ensemble:mnist_mlp+lenet5+mnist_cnn')
   assert 'bootstrap=1' in df['arch'].iloc[7]
   for col in ('fidelity', 'accuracy', 'fidelity_heldout', 'ece',

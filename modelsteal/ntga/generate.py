@@ -198,6 +198,9 @@ def generate_ntga(*, examples: InputArtifact[Examples],
   x_all, y_all = train['x'], np.asarray(train['y'], np.int64)
   num_classes = int(examples.properties.get('num_classes',
                                             int(y_all.max()) + 1))
+  if val_sample > val_size:
+    raise ValueError(f'val_sample ({val_sample}) exceeds the validation '
+                     f'target (val_size {val_size}).')
   poison_order, val_idx = split_for_attack(len(y_all), val_size, seed,
                                            train_size or None)
   blocks = make_blocks(poison_order, block_size)
