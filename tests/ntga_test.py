@@ -82,33 +82,51 @@ _CNN_IMPLS = ['xla', pytest.param('cpu', marks=pytest.mark.skipif(
     not kernels.cnn_cpu.available(), reason='numba is not installed'))]
 
 
+_R = np.random.default_rng(1).normal(size=(5, 4))  # cotangent of k(a, b)
+_W = np.random.default_rng(2).normal(size=(5, 5))  # of the block kernel k(a, a)
+
+
+def _cnn_kernel_and_grads(fn, a, b):
+  """k(a, b), its gradients along a and b, and the block kernel's along a."""
+  r, w = jnp.asarray(_R), jnp.asarray(_W)
+  return (fn(a, b),
+          *[jax.jit(jax.grad(lambda x, y: jnp.sum(fn(x, y) * r), argnums))(a, b)
+            for argnums in (0, 1)],
+          jax.jit(jax.grad(lambda x: jnp.sum(fn(x, x) * w)))(a))
+
+
+@functools.lru_cache(maxsize=None)
+def _nt_cnn_reference():
+  """neural-tangents' kernel and gradients on `_cnn_inputs((9, 7, 2))` in
+  float64, computed once for both implementations."""
+  with enable_x64():
+    a, b = _cnn_inputs((9, 7, 2))
+    return tuple(np.asarray(v) for v in
+                 _cnn_kernel_and_grads(jax.jit(kernels.nt_cnn(10)), a, b))
+
+
 @pytest.mark.parametrize('impl', _CNN_IMPLS)
 def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64(impl):
+  k_ref, ga_ref, gb_ref, gblock_ref = _nt_cnn_reference()
   with enable_x64():
     a, b = _cnn_inputs((9, 7, 2))  # odd sizes: asymmetric SAME padding
-    ref = kernels.nt_cnn(10)
-    rng = np.random.default_rng(1)
-    r = jnp.asarray(rng.normal(size=(5, 4)))
     # xla: tile=2 also runs the tiled path (lax.map over rows of x1); cpu:
     # 5 rows and 4 columns pad the kernel's 32-row tiles and 64-column chunks
     ours = jax.jit(lambda x, y: kernels.cnn_ntk(x, y, tile=2, impl=impl))
-    # Values: float64 round-off only, except where a correlation is exactly
-    # 1 (all-zero pairs), where both sides' sqrt(prod - k^2) is round-off
-    # of ~1e-9 relative.
-    np.testing.assert_allclose(ours(a, b), ref(a, b), rtol=1e-8)
-    for argnums in (0, 1):
-      g = jax.grad(lambda x, y: jnp.sum(ours(x, y) * r), argnums)(a, b)
-      g_ref = jax.grad(lambda x, y: jnp.sum(ref(x, y) * r), argnums)(a, b)
-      assert np.all(np.isfinite(g))
-      np.testing.assert_allclose(g, g_ref, rtol=1e-9,
-                                 atol=1e-12 * float(jnp.max(jnp.abs(g_ref))))
-    # The block kernel: x through both arguments, identical images on the
-    # diagonal (the derivative there exists only along x1 = x2).
-    w = jnp.asarray(rng.normal(size=(5, 5)))
-    g = jax.grad(lambda x: jnp.sum(ours(x, x) * w))(a)
-    g_ref = jax.grad(lambda x: jnp.sum(ref(x, x) * w))(a)
-    np.testing.assert_allclose(g, g_ref, rtol=1e-7,
-                               atol=1e-9 * float(jnp.max(jnp.abs(g_ref))))
+    k, ga, gb, gblock = _cnn_kernel_and_grads(ours, a, b)
+  # Values: float64 round-off only, except where a correlation is exactly
+  # 1 (all-zero pairs), where both sides' sqrt(prod - k^2) is round-off
+  # of ~1e-9 relative.
+  assert k.dtype == jnp.float64
+  np.testing.assert_allclose(k, k_ref, rtol=1e-8)
+  for g, g_ref in ((ga, ga_ref), (gb, gb_ref)):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, g_ref, rtol=1e-9,
+                               atol=1e-12 * float(np.max(np.abs(g_ref))))
+  # The block kernel: x through both arguments, identical images on the
+  # diagonal (the derivative there exists only along x1 = x2).
+  np.testing.assert_allclose(gblock, gblock_ref, rtol=1e-7,
+                             atol=1e-9 * float(np.max(np.abs(gblock_ref))))
 
 
 @pytest.mark.parametrize('impl', _CNN_IMPLS)

@@ -183,6 +183,21 @@ def _fill(cmd: str, state, monkeypatch, capsys) -> str:
   return cmd
 
 
+def _check_uq_all_methods(state):
+  """`pipelines.uq --methods=all` trained every UQ method and both ensemble
+  variants (tests/uq_pipeline_test.py checks the table's details on a
+  smaller study)."""
+  import pandas as pd
+  from modelsteal import uq
+  (csv,) = glob.glob(os.path.join(state.root, 'runs', 'uq', '*', 'results.csv'))
+  df = pd.read_csv(csv)
+  assert list(df['method']) == ['plain', *uq.UQ_METHODS, 'ensemble',
+                                'ensemble'], list(df['method'])
+  assert df['arch'].iloc[-2].startswith('ensemble:mnist_cnn+lenet5+mnist_mlp')
+  assert 'bootstrap=1' in df['arch'].iloc[-1]
+  assert df['fidelity'].between(0, 1).all()
+
+
 @pytest.mark.parametrize('kind,cmd', COMMANDS,
                          ids=[f'{i:02d}' for i in range(len(COMMANDS))])
 def test_readme_command(kind, cmd, state, monkeypatch, capsys):
@@ -216,6 +231,8 @@ def test_readme_command(kind, cmd, state, monkeypatch, capsys):
     else:
       out = _run_pipeline(m.group(1), args, capsys)
       assert 'total time' in out
+      if m.group(1) == 'uq' and '--methods=all' in args:
+        _check_uq_all_methods(state)
     return
   if 'curl ' in cmd:
     if not shutil.which('curl'):

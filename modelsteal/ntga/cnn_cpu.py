@@ -70,6 +70,12 @@ if numba is not None:
   from numba.extending import overload as _overload  # pylint: disable=g-import-not-at-top
   _OPTS = dict(fastmath=True, error_model='numpy', boundscheck=False,
                cache=True)
+  # numba links every compiled callee into its caller and optimises the
+  # whole again, so each level of `_jit` calls repeats the optimisation of
+  # everything below it. The glue between a job routine and the two loops
+  # that need a function of their own (`_layer1`, `_backward_chunk`) is
+  # therefore `_inline` (numba IR inlining): cold compile 94 s -> 67 s,
+  # same speed (BUILD_NOTES.md, "Whole suite").
   _inline = numba.njit(inline='always', **_OPTS)
   _jit = numba.njit(nogil=True, **_OPTS)
 else:  # the module imports; `available()` says no
@@ -196,7 +202,7 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
             acc_k[o0 + cx, ii, jj] += hk[cx, ii, jj]
             acc_t[o0 + cx, ii, jj] += ht[cx, ii, jj]
 
-@_jit
+@_inline
 def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
             bvar, cbox, a_t, a_k, c_0, out, c_lo, c_hi):
   """out (N1, NC * JC) = NTK, column chunks [c_lo, c_hi) of it;
@@ -334,7 +340,7 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
           np.dot(AT[p, i0], gk, tmp_b)
           gB[c, p] += tmp_b
 
-@_jit
+@_inline
 def _backward_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
                     bvar, cbox, a_t, a_k, g, need_a, need_b, c_lo, c_hi,
                     gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT):
@@ -350,7 +356,7 @@ def _backward_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT)
 
 
-@_jit
+@_inline
 def _unpack(ins, dt_):
   """The custom call's operands as arrays (see `_operands`)."""
   # operand 0: int32 dims; 1: params; 2-11: the two sides; 12-13: box map
@@ -476,7 +482,7 @@ def _chunk_bounds(nc, parts, t):
   return t * nc // parts, (t + 1) * nc // parts
 
 
-@_jit
+@_inline
 def _run_forward(ins, outp, c_lo, c_hi, dt_):
   d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
       _unpack(ins, dt_))
@@ -485,7 +491,7 @@ def _run_forward(ins, outp, c_lo, c_hi, dt_):
            prm[0], prm[1], prm[2], prm[3], prm[4], k, c_lo, c_hi)
 
 
-@_jit
+@_inline
 def _run_backward(ins, out, c_lo, c_hi, dt_, ga_p, gqa1_p, gqa2_p, at_p,
                   bt_p):
   """The backward pass of chunks [c_lo, c_hi): gA, gqa1, gqa2 into the
