@@ -49,10 +49,14 @@ def get_victim(name: str) -> VictimSpec:
 
 
 def victim_ref_from_model(model_artifact) -> dict:
-  """The victim reference of a Model artifact written by `train_model`."""
+  """The victim reference of a Model artifact written by `train_model`:
+  its SavedModel, or its `.keras` file where it was trained without one
+  (`serving=False`)."""
   from modelsteal.export import resolve_saved_model_dir  # pylint: disable=g-import-not-at-top
-  return {'kind': 'local',
-          'path': resolve_saved_model_dir(model_artifact.serving_dir),
+  path = (model_artifact.keras_path
+          if model_artifact.properties.get('serving') is False
+          else resolve_saved_model_dir(model_artifact.serving_dir))
+  return {'kind': 'local', 'path': path,
           'fingerprint': model_artifact.fingerprint}
 
 

@@ -78,9 +78,12 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
                        res)
         labeled = res['labeled']
         timing = {k: labeled.properties[k] for k in ('select_s', 'label_s')}
-      scale = 1.0 if r == len(sizes) - 1 else round_epochs
-      row = train_student(p, cfg, labeled, arch, size, epochs_scale=scale,
-                          init=model if cfg.warm_start and r else None)
+      last = r == len(sizes) - 1
+      # only the last round's student is the stolen model, with a SavedModel
+      row = train_student(p, cfg, labeled, arch, size,
+                          epochs_scale=1.0 if last else round_epochs,
+                          init=model if cfg.warm_start and r else None,
+                          serving=last)
       model = Model.load(row.pop('model_dir'))
       rows.append({'strategy': strategy, 'round': r, 'queries': size,
                    'epochs': model.properties.get('recipe', {}).get('epochs'),

@@ -412,11 +412,14 @@ def label(p: Prepared, cfg: StealConfig, budget: int):
 
 def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
                   budget: int, probe_every: int = 50,
-                  epochs_scale: float = 1.0, init=None) -> dict:
+                  epochs_scale: float = 1.0, init=None,
+                  serving: bool = True) -> dict:
   """Trains one student (plain architecture or UQ spec) on the answers and
   scores it with `evaluate_model`; returns its results row. `epochs_scale`
   multiplies the recipe's epochs (at least one epoch); `init`: a plain
-  student's Model artifact to start from (`finetune_model`)."""
+  student's Model artifact to start from (`finetune_model`); `serving`:
+  False skips a plain student's SavedModel (`saved_model` is then its
+  `.keras` file)."""
   from modelsteal import uq  # pylint: disable=g-import-not-at-top
   from modelsteal import victims  # pylint: disable=g-import-not-at-top
   from modelsteal.attacks import evaluate_model, finetune_model, train_model  # pylint: disable=g-import-not-at-top
@@ -436,14 +439,15 @@ def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
         p.wd, examples=labeled, init=init,
         recipe=_scaled(student_recipe(arch, budget, cfg.smoke,
                                       cfg.student_recipe), epochs_scale),
-        split='train', targets='answers', seed=cfg.seed)
+        split='train', targets='answers', seed=cfg.seed, serving=serving)
   else:
     sres = train_model.run(p.wd, examples=labeled, arch=arch,
                            recipe=_scaled(student_recipe(arch, budget,
                                                          cfg.smoke,
                                                          cfg.student_recipe),
                                           epochs_scale),
-                           split='train', targets='answers', seed=cfg.seed)
+                           split='train', targets='answers', seed=cfg.seed,
+                           serving=serving)
   p.steps.record(f'train student {arch} budget={budget}', sres)
   sref = victims.victim_ref_from_model(sres['model'])
   sev = evaluate_model.run(p.wd, splits=p.splits, query_splits=p.query_splits,

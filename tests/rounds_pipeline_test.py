@@ -55,6 +55,15 @@ def test_rounds_respect_the_budget_and_write_table_and_plot(tiny_npz,
   assert df['fidelity'].between(0, 1).all()
   assert {'select_s', 'label_s', 'train_s'} <= set(df.columns)
   assert os.path.exists(os.path.join(out_dir, 'rounds.png'))
+  # only the last round's student (the stolen model) has a SavedModel; the
+  # students that only picked queries were scored from their .keras file
+  last = df['round'] == df['round'].max()
+  assert df.loc[last, 'saved_model'].str.endswith(
+      os.path.join('serving', '1')).all()
+  assert df.loc[~last, 'saved_model'].str.endswith('model.keras').all()
+  for p in glob.glob(os.path.join(wd, 'train_model', '*', 'model')):
+    props = json.load(open(os.path.join(p, 'artifact.json')))['properties']
+    assert props['serving'] == os.path.isdir(os.path.join(p, 'serving'))
   # every round's labeled set: the budget so far, distinct pool images
   for p in glob.glob(os.path.join(wd, 'label_round', '*', 'labeled')):
     props = json.load(open(os.path.join(p, 'artifact.json')))['properties']

@@ -94,14 +94,15 @@ def training_data(examples: Examples, split: str, targets: str):
   return data, t, k
 
 
-@component
+@component(later=('serving',))
 def train_model(*, examples: InputArtifact[Examples],
                 model: OutputArtifact[Model],
                 arch: Parameter[str],
                 recipe: Parameter[dict],
                 split: Parameter[str] = 'train',
                 targets: Parameter[str] = 'y',
-                seed: Parameter[int] = 0):
+                seed: Parameter[int] = 0,
+                serving: Parameter[bool] = True):
   """Trains `arch` on a split and saves it as `.keras` and as a SavedModel.
 
   Args (beyond the artifacts):
@@ -111,16 +112,20 @@ def train_model(*, examples: InputArtifact[Examples],
     targets: `y` (true labels: a victim) or `answers` (the victim's answers: a
       student; soft targets when the answers were probabilities).
     seed: training seed.
+    serving: False: no SavedModel, only `.keras` (a model that is used and
+      scored but never served, e.g. the students of round-based stealing
+      that only pick the next queries; the export costs 1-2 s a model).
 
   The model artifact's properties record its test accuracy when `examples`
   has a `test` split, and the split, seed and recipe it was trained with.
   """
   model.properties.update(
-      _fit_and_save(examples, model, arch, recipe, split, targets, seed))
+      _fit_and_save(examples, model, arch, recipe, split, targets, seed,
+                    serving=serving))
 
 
 def _fit_and_save(examples, model, arch, recipe, split, targets, seed,
-                  init=None):
+                  init=None, serving=True):
   """`train_model`'s body; `init`: a Keras model to start from (its weights
   are trained further) instead of a fresh `arch`."""
   from modelsteal import distribute  # pylint: disable=g-import-not-at-top
@@ -132,8 +137,9 @@ def _fit_and_save(examples, model, arch, recipe, split, targets, seed,
       strategy=distribute.current(), model=init,
       backup_dir=os.path.join(scratch_dir(), 'backup'))
   keras_model.save(model.keras_path)
-  export_saved_model(keras_model, model.serving_dir, version=1)
-  props = {'arch': arch, 'num_classes': k, 'input_shape': list(data['x'].shape[1:]),
+  if serving:
+    export_saved_model(keras_model, model.serving_dir, version=1)
+  props = {'serving': bool(serving), 'arch': arch, 'num_classes': k, 'input_shape': list(data['x'].shape[1:]),
            'split': split, 'targets': targets, 'seed': seed, 'recipe': recipe,
            'train_size': int(len(data['x'])),
            'dataset': examples.properties.get('name', '')}
@@ -144,14 +150,15 @@ def _fit_and_save(examples, model, arch, recipe, split, targets, seed,
   return props
 
 
-@component
+@component(later=('serving',))
 def finetune_model(*, examples: InputArtifact[Examples],
                    init: InputArtifact[Model],
                    model: OutputArtifact[Model],
                    recipe: Parameter[dict],
                    split: Parameter[str] = 'train',
                    targets: Parameter[str] = 'answers',
-                   seed: Parameter[int] = 0):
+                   seed: Parameter[int] = 0,
+                   serving: Parameter[bool] = True):
   """`train_model` starting from the weights of `init` (warm start).
 
   Round-based stealing (`--warm_start`) trains each round's student further
@@ -166,7 +173,8 @@ def finetune_model(*, examples: InputArtifact[Examples],
                      f'classes, the answers {want}.')
   keras_model = init.load_keras()
   props = _fit_and_save(examples, model, init.properties.get('arch', ''),
-                        recipe, split, targets, seed, init=keras_model)
+                        recipe, split, targets, seed, init=keras_model,
+                        serving=serving)
   model.properties.update({**props, 'init': init.uri})
 
 
