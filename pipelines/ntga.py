@@ -206,8 +206,13 @@ def config_from_flags() -> NtgaConfig:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
-  cpu.configure()  # one single-threaded XLA device per core (see cpu.py)
+  from modelsteal.ntga import cnn_cpu, cpu  # pylint: disable=g-import-not-at-top
+  if not (_SURROGATE.value == 'cnn' and _KERNEL_IMPL.value == 'closed_form'
+          and cnn_cpu.available()):
+    cpu.configure()  # one single-threaded XLA device per core (see cpu.py)
+  # else: the numba CNN kernel threads itself; XLA's default single device
+  # was faster with it, alone and beside other processes (BUILD_NOTES.md,
+  # issue 11, "Threads on a shared machine: the CNN kernel").
   common.run_main(lambda: run(config_from_flags()), 'ntga')
 
 

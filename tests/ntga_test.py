@@ -251,9 +251,10 @@ def test_poison_pack_round_trip_is_bit_exact(tiny_npz, tmp_path):
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
   assert cpu.available_cores() >= 1
-  # JAX already runs in this process: nothing may change
-  monkeypatch.setenv('XLA_FLAGS', '--foo=1')
+  # JAX already runs in this process (started before the flag is set: an
+  # unknown XLA flag aborts a backend that starts with it): nothing may change
   jax.devices()
+  monkeypatch.setenv('XLA_FLAGS', '--foo=1')
   assert cpu.configure() is None
   assert os.environ['XLA_FLAGS'] == '--foo=1'
   code = r'''
