@@ -14,8 +14,10 @@ another XLA process on the machine an NTGA-FNN gradient slows 1.9x this way.
 Adding `intra_op_parallelism_threads=1` made that 19x, so it is not set.
 
 It must run before JAX creates its CPU backend (first `jax.devices()` or
-computation); `pipelines.ntga` and `benchmarks/ntga_timing.py` call it at
-start-up. Flags the user already set in `XLA_FLAGS` win.
+computation); `pipelines.ntga` (except with the numba CNN kernel, which
+runs faster on XLA's default single device and threads itself) and
+`benchmarks/ntga_timing.py` call it at start-up. Flags the user already set
+in `XLA_FLAGS` win.
 """
 
 from __future__ import annotations
