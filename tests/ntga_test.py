@@ -164,7 +164,11 @@ def test_cnn_kernel_impl_choice_and_errors(monkeypatch):
 def test_accelerator_defaults_and_new_jax_fall_back_to_xla(monkeypatch):
   # accelerators: whole-block tiles and 1,000-image validation batches
   cpu_sur = kernels.get_surrogate('cnn', 10)
-  assert cpu_sur.val_batch_size == 64 and cpu_sur.kernel_fn is kernels.cnn_ntk
+  assert cpu_sur.kernel_fn is kernels.cnn_ntk
+  # CPUs: 1,000-image batches for the numba kernel, 64 for XLA's and nt's
+  assert cpu_sur.val_batch_size == (
+      1000 if kernels.cnn_cpu.available() else 64)
+  assert kernels.get_surrogate('cnn', 10, 'nt').val_batch_size == 64
   monkeypatch.setattr(kernels.jax, 'default_backend', lambda: 'gpu')
   gpu_sur = kernels.get_surrogate('cnn', 10)
   assert gpu_sur.val_batch_size == 1000
@@ -175,6 +179,7 @@ def test_accelerator_defaults_and_new_jax_fall_back_to_xla(monkeypatch):
   if kernels.cnn_cpu.numba is not None:
     assert not kernels.cnn_cpu.available()
     assert kernels.resolve_cnn_impl() == 'xla'
+    assert kernels.get_surrogate('cnn', 10).val_batch_size == 64
     with pytest.raises(ValueError, match="no longer supports.*impl='xla'"):
       kernels.resolve_cnn_impl('cpu')
 
@@ -203,6 +208,50 @@ def test_cpu_kernel_threads_give_the_same_kernel_and_gradients(monkeypatch):
   monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', 'two')
   with pytest.raises(ValueError, match='MODELSTEAL_NTGA_THREADS must be'):
     kernels.cnn_ntk(x1, x2, impl='cpu')
+
+
+def test_cpu_kernel_zero_windows_match_the_xla_kernel():
+  # The CPU kernel takes rows whose 5x5 window is all zero (most of an
+  # MNIST image) from a per-column table and runs the patch products on the
+  # other rows alone. 72 rows = tiles of 32: tile 0 dense below a zero band
+  # (no zero row, or all zero), tile 1 mixed (whole zero images, zero left
+  # halves), tile 2 eight rows and 24 padding rows.
+  # float64: identical pairs (x2[5:10]) are ill-conditioned in float32.
+  rng = np.random.default_rng(7)
+  x1 = rng.random((72, 12, 12, 1))
+  x1[:, :4] = 0.0          # conv-1 row 0: every row of every tile zero
+  x1[32:42] = 0.0          # whole zero images
+  x1[42:52, :, :6] = 0.0   # zero left halves
+  x1[64:66, 6:] = 0.0
+  x2 = rng.random((70, 12, 12, 1))
+  x2[:5] = x1[32:37]       # zero columns too
+  x2[5:10] = x1[42:47]     # and identical pairs
+
+  def run(impl):
+    r = jnp.asarray(np.random.default_rng(8).normal(size=(72, 70)))
+    w = jnp.asarray(np.random.default_rng(9).normal(size=(72, 72)))
+    a, b = jnp.asarray(x1), jnp.asarray(x2)
+    f = lambda a, b: kernels.cnn_ntk(a, b, impl=impl)
+    k = jax.jit(f)(a, b)
+    g1, g2 = jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * r),
+                              argnums=(0, 1)))(a, b)
+    g2_only = jax.jit(jax.grad(lambda b: jnp.sum(f(a, b) * r)))(b)
+    gb = jax.jit(jax.grad(lambda a: jnp.sum(f(a, a) * w)))(a)
+    return k, g1, g2, g2_only, gb
+
+  with enable_x64():
+    ours, ref = run('cpu'), run('xla')
+  assert ours[0].dtype == jnp.float64
+  # round-off only; all-zero pairs (correlation exactly 1) carry both
+  # kernels' sqrt(prod - k^2) round-off, ~1e-9 relative
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-8)
+  for g, g_ref in zip(ours[1:], ref[1:]):
+    scale = float(jnp.max(jnp.abs(g_ref)))
+    assert scale > 0
+    np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-10 * scale)
+  # the column side alone (no row cotangents computed) equals it with them
+  np.testing.assert_allclose(ours[3], ours[2], rtol=1e-10,
+                             atol=1e-13 * float(jnp.max(jnp.abs(ours[2]))))
 
 
 def test_precision_scope_uses_full_float32_products():

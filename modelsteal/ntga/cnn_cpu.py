@@ -160,14 +160,94 @@ def _relu_bwd(k, ntk, prod, inv, dot, sr, gk_out, gt_out):
   return g_k, gt_out * dot, g_prod
 
 
+@_inline
+def _zero_tables(A, s1, jc):
+  """A chunk's zero-window tables for `_zero_rows`, empty (zr < 0), and its
+  buffer of gathered patches."""
+  zq = np.empty(s1, A.dtype)
+  zr = np.empty(s1, A.dtype)
+  zr[:] = -1  # no table yet (1/sqrt q > 0); not NaN: fastmath assumes none
+  ztab = np.empty((6, s1, jc), A.dtype)
+  zrow = np.zeros((s1, IT), np.int64)
+  zrest = np.zeros(s1, np.int64)
+  ac = np.empty((IT, A.shape[3]), A.dtype)
+  return zq, zr, ztab, zrow, zrest, ac
+
+
+@_inline
+def _zero_rows(A, qa1, ra1, qb1, rb1, c, i0, p, bvar, zq, zr, ztab, zrow):
+  """Sorts the rows of tile i0 at conv-1 position p: zrow[p, ii] = -1 where
+  the row's window is all zero, else the row's place among the others
+  (which the patch product then runs on alone, see `_layer1`). Returns how
+  many rows are not zero; builds the chunk's table at p on first use.
+
+  A zero window makes the pair's conv-1 covariance exactly b_var and the
+  row's variance the same for every such row, so the arc-cosine map and
+  what the backward pass needs of it depend on the column alone: ztab[:,
+  p] holds [ReLU value, k * dot, dot, sr, 1/sr (0 where neural-tangents'
+  guard holds), inv^2 / 4 pi] per column, from the same `_relu`. A zero row
+  whose (q, 1/sqrt q) differ from the table's takes the ordinary path.
+  MNIST: 56% of the conv-1 windows of an image are all zero.
+  """
+  f = A.shape[3]
+  jc = ztab.shape[2]
+  rest = 0
+  for ii in range(IT):
+    zero = True
+    for q in range(f):
+      if A[p, i0, ii, q] != 0:
+        zero = False
+        break
+    use = False
+    if zero:
+      qa = qa1[i0 * IT + ii, p]
+      ra = ra1[i0 * IT + ii, p]
+      if zr[p] < 0:  # no table at p in this chunk yet
+        zq[p] = qa
+        zr[p] = ra
+        tol = _guard_tol(bvar)
+        for jj in range(jc):
+          prod = qa * qb1[c, p, jj]
+          inv = ra * rb1[c, p, jj]
+          kr, dot, sr = _relu(bvar, prod, inv)
+          ok = prod - bvar * bvar > tol * prod
+          ztab[0, p, jj] = kr
+          ztab[1, p, jj] = bvar * dot
+          ztab[2, p, jj] = dot
+          ztab[3, p, jj] = sr
+          ztab[4, p, jj] = _const(bvar, 1.0) / sr if ok else _const(bvar, 0.0)
+          ztab[5, p, jj] = inv * inv * _const(bvar, 1 / (4 * math.pi))
+      use = qa == zq[p] and ra == zr[p]
+    if use:
+      zrow[p, ii] = -1
+    else:
+      zrow[p, ii] = rest
+      rest += 1
+  return rest
+
+
+@_inline
+def _relu_bwd_zero(ztab, p, jj, bvar, gk_out, gt_out):
+  """`_relu_bwd` for a zero-window row (k = ntk = b_var), from the table."""
+  gd = gt_out * bvar * ztab[4, p, jj]
+  dot = ztab[2, p, jj]
+  g_k = gk_out * dot + gd * _const(bvar, 1 / (2 * math.pi))
+  g_prod = (gk_out * ztab[3, p, jj] - gd * bvar) * ztab[5, p, jj]
+  return g_k, gt_out * dot, g_prod
+
+
 @_jit
 def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
-           acc_k, acc_t, r1, t1, hk, ht):
+           acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac):
   """Conv 1 + ReLU for one tile; box sums into acc (conv 2, undivided).
 
   Row by row: the ReLU maps of one input row (r1, t1), their 5-tap window
   sums along the row (hk, ht), added into the conv-2 rows whose window
   holds the input row: the separable box sum, 40% fewer adds than 25 taps.
+  Rows whose window is all zero copy their maps from the chunk's table and
+  skip the patch product (`_zero_rows`; zrow, zrest say which rows, per
+  position, for the backward pass; k1 holds the other rows, in their
+  order).
   """
   h1, w1, w2 = hw[0], hw[1], hw[2]
   jc = B.shape[3]
@@ -176,13 +256,29 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
   for y in range(h1):
     for x in range(w1):
       p = y * w1 + x
-      np.dot(A[p, i0], B[c, p], kk)
+      rest = _zero_rows(A, qa1, ra1, qb1, rb1, c, i0, p, bvar, zq, zr, ztab,
+                        zrow)
+      zrest[p] = rest
+      if rest == IT:
+        np.dot(A[p, i0], B[c, p], kk)
+      elif rest:  # the patch product of the rows that are not zero
+        for ii in range(IT):
+          m = zrow[p, ii]
+          if m >= 0:
+            ac[m] = A[p, i0, ii]
+        np.dot(ac[:rest], B[c, p], kk[:rest])
       for ii in range(IT):
+        m = zrow[p, ii]
+        if m < 0:
+          for jj in range(jc):
+            r1[x, ii, jj] = ztab[0, p, jj]
+            t1[x, ii, jj] = ztab[1, p, jj]
+          continue
         qa = qa1[i0 * IT + ii, p]
         ra = ra1[i0 * IT + ii, p]
         for jj in range(jc):
-          k = kk[ii, jj] + bvar
-          k1[p, ii, jj] = k
+          k = kk[m, jj] + bvar
+          k1[p, m, jj] = k
           kr, dot, _ = _relu(k, qa * qb1[c, p, jj], ra * rb1[c, p, jj])
           r1[x, ii, jj] = kr
           t1[x, ii, jj] = k * dot
@@ -222,9 +318,10 @@ def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
     ht = np.empty((hw[2], IT, jc), A.dtype)
     sk = np.empty((IT, jc), A.dtype)
     st = np.empty((IT, jc), A.dtype)
+    zq, zr, ztab, zrow, zrest, ac = _zero_tables(A, s1, jc)
     for i0 in range(nt):
       _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
-             acc_k, acc_t, r1, t1, hk, ht)
+             acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac)
       sk[:] = 0
       st[:] = 0
       for o in range(s2):
@@ -268,9 +365,13 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
   gst = np.empty((IT, jc), dt_)
   tmp_a = np.empty((IT, f), dt_)
   tmp_b = np.empty((f, jc), dt_)
+  zq, zr, ztab, zrow, zrest, ac = _zero_tables(A, s1, jc)
+  gkc = np.empty((IT, jc), dt_)
+  zsk = np.empty(jc, dt_)
+  zst = np.empty(jc, dt_)
   for i0 in range(nt):
     _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
-           acc_k, acc_t, r1, t1, hk, ht)
+           acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac)
     # conv 2's ReLU and the read-out, reversed.
     for o in range(s2):
       for ii in range(IT):
@@ -317,28 +418,111 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
             for jj in range(jc):
               gsk[ii, jj] += vk[cx, ii, jj]
               gst[ii, jj] += vt[cx, ii, jj]
-        for ii in range(IT):
-          i = i0 * IT + ii
-          qa = qa1[i, p]
-          ra = ra1[i, p]
-          gq = _const(bvar, 0.0)
-          for jj in range(jc):
-            k = k1[p, ii, jj]
-            prod = qa * qb1[c, p, jj]
-            inv = ra * rb1[c, p, jj]
-            _, dot, sr = _relu(k, prod, inv)
-            g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr,
-                                        gsk[ii, jj], gst[ii, jj])
-            gk[ii, jj] = g_k + g_t  # conv 1: ntk = nngp
-            gq += g_prod * qb1[c, p, jj]
-            gqb1[c, p, jj] += g_prod * qa
-          gqa1[i, p] += gq
         if need_a:
+          _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow,
+                              ztab, gsk, gst, gk, gqa1, gqb1)
           np.dot(gk, BT[c, p], tmp_a)
           gA[p, i0] += tmp_a
-        if need_b:
-          np.dot(AT[p, i0], gk, tmp_b)
-          gB[c, p] += tmp_b
+          rest = zrest[p]
+          if need_b and rest:  # zero rows add nothing to B's cotangent
+            for ii in range(IT):
+              m = zrow[p, ii]
+              if m >= 0:
+                ac[m] = A[p, i0, ii]
+                gkc[m] = gk[ii]
+            np.dot(ac[:rest].T, gkc[:rest], tmp_b)
+            gB[c, p] += tmp_b
+        else:  # the row side's cotangents are not needed
+          rest = _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1,
+                                     zrow, zq, ztab, gsk, gst, gkc, zsk, zst,
+                                     gqb1)
+          if need_b and rest:
+            for ii in range(IT):
+              m = zrow[p, ii]
+              if m >= 0:
+                ac[m] = A[p, i0, ii]
+            np.dot(ac[:rest].T, gkc[:rest], tmp_b)
+            gB[c, p] += tmp_b
+
+
+@_inline
+def _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow, ztab,
+                        gsk, gst, gk, gqa1, gqb1):
+  """Conv 1's ReLU reversed at position p for every row of tile i0: the
+  covariance cotangents gk (IT, JC) and both sides' variance cotangents."""
+  jc = gk.shape[1]
+  for ii in range(IT):
+    i = i0 * IT + ii
+    qa = qa1[i, p]
+    gq = _const(bvar, 0.0)
+    m = zrow[p, ii]
+    if m < 0:  # an all-zero window: the table's terms
+      for jj in range(jc):
+        g_k, g_t, g_prod = _relu_bwd_zero(ztab, p, jj, bvar,
+                                          gsk[ii, jj], gst[ii, jj])
+        gk[ii, jj] = g_k + g_t
+        gq += g_prod * qb1[c, p, jj]
+        gqb1[c, p, jj] += g_prod * qa
+      gqa1[i, p] += gq
+      continue
+    ra = ra1[i, p]
+    for jj in range(jc):
+      k = k1[p, m, jj]
+      prod = qa * qb1[c, p, jj]
+      inv = ra * rb1[c, p, jj]
+      _, dot, sr = _relu(k, prod, inv)
+      g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr,
+                                  gsk[ii, jj], gst[ii, jj])
+      gk[ii, jj] = g_k + g_t  # conv 1: ntk = nngp
+      gq += g_prod * qb1[c, p, jj]
+      gqb1[c, p, jj] += g_prod * qa
+    gqa1[i, p] += gq
+
+
+@_inline
+def _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow, zq,
+                        ztab, gsk, gst, gkc, zsk, zst, gqb1):
+  """`_conv1_reverse_both` where only the column side is differentiated:
+  gkc gets the covariance cotangents of the rows that are not zero, in
+  their order (what the patch product needs); the zero rows' terms are
+  linear in their incoming cotangents and share the table, so they are
+  summed first and taken through the table once. Returns the number of
+  rows that are not zero."""
+  jc = gkc.shape[1]
+  rest = 0
+  zeros = 0
+  for ii in range(IT):
+    m = zrow[p, ii]
+    if m < 0:
+      if zeros == 0:
+        zsk[:] = gsk[ii]
+        zst[:] = gst[ii]
+      else:
+        for jj in range(jc):
+          zsk[jj] += gsk[ii, jj]
+          zst[jj] += gst[ii, jj]
+      zeros += 1
+      continue
+    rest += 1
+    i = i0 * IT + ii
+    qa = qa1[i, p]
+    ra = ra1[i, p]
+    for jj in range(jc):
+      k = k1[p, m, jj]
+      prod = qa * qb1[c, p, jj]
+      inv = ra * rb1[c, p, jj]
+      _, dot, sr = _relu(k, prod, inv)
+      g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr,
+                                  gsk[ii, jj], gst[ii, jj])
+      gkc[m, jj] = g_k + g_t
+      gqb1[c, p, jj] += g_prod * qa
+  if zeros:
+    qz = zq[p]
+    for jj in range(jc):
+      _, _, g_prod = _relu_bwd_zero(ztab, p, jj, bvar, zsk[jj], zst[jj])
+      gqb1[c, p, jj] += g_prod * qz
+  return rest
+
 
 @_inline
 def _backward_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
@@ -751,13 +935,15 @@ def _box_tables(h: int, w: int):
   return box, np.array([h, w, -(-w // 2)], np.int32)
 
 
-def _rows(jnp, p, q1, q2):
-  """Side-1 layout: A (S1, N/IT, IT, F), q (Np, S), 1/sqrt(q)."""
+def _rows(jnp, p, q1, q2, b_var):
+  """Side-1 layout: A (S1, N/IT, IT, F), q (Np, S), 1/sqrt(q). Padding rows
+  look like all-zero images (zero patches, q1 = b_var), so they take the
+  zero-window path (`_zero_rows`) and cost next to nothing."""
   h1, w1, n, f = p.shape
   pad = (-n) % IT
   a = jnp.pad(p.reshape(h1 * w1, n, f), ((0, 0), (0, pad), (0, 0)))
   qa1 = jnp.pad(q1.reshape(h1 * w1, n).T, ((0, pad), (0, 0)),
-                constant_values=1)
+                constant_values=b_var)
   qa2 = jnp.pad(q2.reshape(-1, n).T, ((0, pad), (0, 0)), constant_values=1)
   a = a.reshape(h1 * w1, -1, IT, f)
   return a, qa1, 1 / jnp.sqrt(qa1), qa2, 1 / jnp.sqrt(qa2)
@@ -782,7 +968,7 @@ def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):
   p1, p2 = f1[0], f2[0]
   dt = p1.dtype
   h1, w1, _, f = p1.shape
-  rows = _rows(jnp, *f1)
+  rows = _rows(jnp, *f1, b_var)
   cols = _cols(jnp, *f2)
   s2 = f1[2].shape[0] * f1[2].shape[1]
   box, hw = _box_tables(h1, w1)

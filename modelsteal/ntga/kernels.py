@@ -543,12 +543,17 @@ def get_surrogate(name: str, num_classes: int,
     return Surrogate('fnn', fn, f'{FNN_DEPTH} x [Dense(512), Erf], NTK, '
                      f'W_std^2={W_VAR}, b_std^2={B_VAR}', val_batch_size=500)
   if name == 'cnn':
-    # CPUs: small validation batches (cache; the numba kernel tiles itself).
     # Accelerators: the whole block as one tile and 1,000-image validation
     # batches, else the device idles between small launches (H200: 0.08 s
     # per gradient against 10,000 images this way, BUILD_NOTES issue 11).
+    # CPUs, numba kernel: 1,000-image batches too (it tiles itself; each
+    # batch re-derives the block's patches and takes its cotangent back to
+    # pixels, 1.3 s of a 4.0 s gradient with batches of 64). CPUs, XLA
+    # kernel: batches of 64 (its per-position maps must fit the cache).
     on_cpu = jax.default_backend() == 'cpu'
-    val_batch = 64 if on_cpu else 1000
+    numba_kernel = (on_cpu and kernel_impl == 'closed_form' and
+                    resolve_cnn_impl() == 'cpu')
+    val_batch = 64 if on_cpu and not numba_kernel else 1000
     if kernel_impl == 'closed_form':
       fn = cnn_ntk if on_cpu else functools.partial(cnn_ntk, tile=512)
     elif kernel_impl == 'nt':
