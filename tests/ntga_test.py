@@ -254,6 +254,41 @@ def test_cpu_kernel_zero_windows_match_the_xla_kernel():
                              atol=1e-13 * float(jnp.max(jnp.abs(ours[2]))))
 
 
+@pytest.mark.skipif(not kernels.cnn_cpu.available(),
+                    reason='the CPU kernel needs numba (the ntga extra)')
+def test_block_kernel_computes_each_pair_once_and_equals_the_full_one(
+    monkeypatch):
+  # 150 images: chunks of 64 + 64 + 22 columns, row tiles of 32; the CPU
+  # block kernel leaves out the rows below each chunk and fills them in by
+  # symmetry; its gradient sends their cotangents to the transposes.
+  rng = np.random.default_rng(11)
+  x = rng.random((150, 12, 12, 1))
+  x[:, :4] = 0.0
+  x[20:40] = 0.0
+  x[100:110, :, :6] = 0.0
+  w = rng.normal(size=(150, 150))
+  with enable_x64():
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
+    full = lambda a: kernels.cnn_ntk(a, a, impl='cpu')
+    ref_k = jax.jit(full)(xj)
+    ref_g = jax.jit(jax.grad(lambda a: jnp.sum(full(a) * wj)))(xj)
+    assert kernels.block_kernel_fn(kernels.cnn_ntk) is kernels.cnn_ntk_block
+    for n in (1, 2, 3):
+      monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', str(n))
+      block = jax.jit(kernels.cnn_ntk_block)
+      k = block(xj)
+      g = jax.jit(jax.grad(lambda a: jnp.sum(kernels.cnn_ntk_block(a) * wj)))(
+          xj)
+      np.testing.assert_allclose(k, ref_k, rtol=1e-12)
+      np.testing.assert_array_equal(k, k.T)  # filled in by symmetry
+      np.testing.assert_allclose(g, ref_g, rtol=1e-9,
+                                 atol=1e-12 * float(jnp.max(jnp.abs(ref_g))))
+  # other kernels: K(x, x) through the kernel itself
+  fn = kernels.block_kernel_fn(kernels.fnn_ntk)
+  xs = jnp.asarray(x[:3], jnp.float32)
+  np.testing.assert_array_equal(fn(xs), kernels.fnn_ntk(xs, xs))
+
+
 def test_precision_scope_uses_full_float32_products():
   before = jax.config.jax_default_matmul_precision
   with attack_lib.precision_scope('float32'):

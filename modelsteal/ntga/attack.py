@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modelsteal.ntga import kernels
+
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
@@ -204,15 +206,23 @@ def _compiled(kernel_fn: Callable, t: float, reg: float):
   """The jitted pieces of one step, shared by attacks with the same settings
   (XLA compiles once per kernel, t and shapes, not once per `NTGA`)."""
 
+  # The whole block kernel on one device: `kernels.block_kernel_fn` (the
+  # CPU CNN kernel computes each pair once there).
+  block_fn = kernels.block_kernel_fn(kernel_fn)
+
+  def rows_fn(lo, hi):
+    return lambda x: (block_fn(x) if (lo, hi) == (0, x.shape[0]) else
+                      kernel_fn(x[lo:hi], x))
+
   def kernel_rows(xb, lo, hi):
-    return kernel_fn(xb[lo:hi], xb)
+    return rows_fn(lo, hi)(xb)
 
   def rows_vjp(xb, k_bar_rows, lo, hi):
     # x enters the rows [lo, hi) of K(x, x) through both arguments; the parts
     # of all devices add up to the gradient of the whole block kernel. A
     # kernel whose backward pass recomputes what it needs (`cnn_ntk`) is not
     # evaluated forward here: XLA drops the unused primal.
-    return jax.vjp(lambda x: kernel_fn(x[lo:hi], x), xb)[1](k_bar_rows)[0]
+    return jax.vjp(rows_fn(lo, hi), xb)[1](k_bar_rows)[0]
 
   def alpha_fn(k_bb, yb):
     return gp_weights(k_bb, yb, t, reg)

@@ -299,15 +299,40 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
             acc_t[o0 + cx, ii, jj] += ht[cx, ii, jj]
 
 @_inline
+def _row_tiles(nt, c, jc, sym):
+  """Row tiles computed for column chunk c: all, or (sym) those above the
+  chunk's end, so every pair of the block kernel is computed once or, in
+  the chunk's diagonal square, twice."""
+  if not sym:
+    return nt
+  return min(nt, ((c + 1) * jc + IT - 1) // IT)
+
+
+@_inline
+def _owns(c, nc, t, parts, sym):
+  """Whether thread t of `parts` takes column chunk c: contiguous shares,
+  or (sym: chunk c costs c + 1) a snake order, 0 1 1 0 0 1 1 0 for two
+  threads, so the threads' shares cost about the same."""
+  if not sym:
+    return t * nc // parts <= c < (t + 1) * nc // parts
+  r, pos = c // parts, c % parts
+  return (pos if r % 2 == 0 else parts - 1 - pos) == t
+
+
+@_inline
 def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
-            bvar, cbox, a_t, a_k, c_0, out, c_lo, c_hi):
-  """out (N1, NC * JC) = NTK, column chunks [c_lo, c_hi) of it;
-  A (S1, N1 / IT, IT, F), B (NC, S1, F, JC)."""
+            bvar, cbox, a_t, a_k, c_0, out, t, parts, sym):
+  """out (N1, NC * JC) = NTK, the column chunks of thread t of `parts`
+  (`_owns`); A (S1, N1 / IT, IT, F), B (NC, S1, F, JC). sym: A is B (the
+  block kernel), only the rows above each chunk's end are computed
+  (`forward(sym=True)` fills in the rest)."""
   s1, nt, _, _ = A.shape
-  jc = B.shape[3]
+  nc, jc = B.shape[0], B.shape[3]
   s2 = qa2.shape[1]
   wt, wk = a_t / s2, a_k / s2
-  for c in range(c_lo, c_hi):
+  for c in range(nc):
+    if not _owns(c, nc, t, parts, sym):
+      continue
     kk = np.empty((IT, jc), A.dtype)
     k1 = np.empty((s1, IT, jc), A.dtype)
     acc_k = np.empty((s2, IT, jc), A.dtype)
@@ -319,7 +344,7 @@ def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
     sk = np.empty((IT, jc), A.dtype)
     st = np.empty((IT, jc), A.dtype)
     zq, zr, ztab, zrow, zrest, ac = _zero_tables(A, s1, jc)
-    for i0 in range(nt):
+    for i0 in range(_row_tiles(nt, c, jc, sym)):
       _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
              acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac)
       sk[:] = 0
@@ -341,7 +366,7 @@ def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
 
 @_jit
 def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
-                   hw, bvar, cbox, wt, wk, g, need_a, need_b, c,
+                   hw, bvar, cbox, wt, wk, g, need_a, need_b, c, sym,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT):
   """Backward pass of column chunk c; adds into the g* arrays given."""
   s1, nt, _, f = A.shape
@@ -369,7 +394,7 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
   gkc = np.empty((IT, jc), dt_)
   zsk = np.empty(jc, dt_)
   zst = np.empty(jc, dt_)
-  for i0 in range(nt):
+  for i0 in range(_row_tiles(nt, c, jc, sym)):
     _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
            acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac)
     # conv 2's ReLU and the read-out, reversed.
@@ -526,17 +551,21 @@ def _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow, zq,
 
 @_inline
 def _backward_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
-                    bvar, cbox, a_t, a_k, g, need_a, need_b, c_lo, c_hi,
+                    bvar, cbox, a_t, a_k, g, need_a, need_b, t, parts, sym,
                     gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT):
   """Cotangents of (A, qa1, qa2) and (B, qb1, qb2) for the NTK's cotangent
-  g, column chunks [c_lo, c_hi): added into the g* arrays given (gA, gqa1,
+  g, the column chunks of thread t (`_owns`; sym: see `_forward`): added
+  into the g* arrays given (gA, gqa1,
   gqa2 sum over chunks; gB, gqb1, gqb2 are per chunk). AT, BT: A and B
   with their last two axes swapped, contiguous (for BLAS), where needed."""
   s2 = qa2.shape[1]
   wt, wk = a_t / s2, a_k / s2
-  for c in range(c_lo, c_hi):
+  nc = B.shape[0]
+  for c in range(nc):
+    if not _owns(c, nc, t, parts, sym):
+      continue
     _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
-                   hw, bvar, cbox, wt, wk, g, need_a, need_b, c,
+                   hw, bvar, cbox, wt, wk, g, need_a, need_b, c, sym,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT)
 
 
@@ -661,24 +690,19 @@ _F32 = np.dtype('float32')
 _F64 = np.dtype('float64')
 
 
-@_jit
-def _chunk_bounds(nc, parts, t):
-  return t * nc // parts, (t + 1) * nc // parts
-
-
 @_inline
-def _run_forward(ins, outp, c_lo, c_hi, dt_):
+def _run_forward(ins, outp, t, parts, dt_):
   d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
       _unpack(ins, dt_))
   k = numba.carray(outp, (d[1] * d[2], d[4] * d[5]), dt_)
   _forward(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
-           prm[0], prm[1], prm[2], prm[3], prm[4], k, c_lo, c_hi)
+           prm[0], prm[1], prm[2], prm[3], prm[4], k, t, parts, d[11] != 0)
 
 
 @_inline
-def _run_backward(ins, out, c_lo, c_hi, dt_, ga_p, gqa1_p, gqa2_p, at_p,
+def _run_backward(ins, out, t, parts, dt_, ga_p, gqa1_p, gqa2_p, at_p,
                   bt_p):
-  """The backward pass of chunks [c_lo, c_hi): gA, gqa1, gqa2 into the
+  """The backward pass of thread t's chunks: gA, gqa1, gqa2 into the
   buffers at ga_p, gqa1_p, gqa2_p; gB, gqb1, gqb2 into the results."""
   d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
       _unpack(ins, dt_))
@@ -697,13 +721,14 @@ def _run_backward(ins, out, c_lo, c_hi, dt_, ga_p, gqa1_p, gqa2_p, at_p,
         else b[:1].transpose(0, 1, 3, 2).copy())
   _backward_range(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
                   prm[0], prm[1], prm[2], prm[3], g, need_a, need_b,
-                  c_lo, c_hi, ga, gqa1, gqa2, gb, gqb1, gqb2, at, bt)
+                  t, parts, d[11] != 0, ga, gqa1, gqa2, gb, gqb1, gqb2, at,
+                  bt)
 
 
 @_jit
 def _job(job):
   """Runs one job: [kind (0/1 forward f32/f64, 2/3 backward), ins, out,
-  c_lo, c_hi, gA, gqa1, gqa2, AT, BT buffers (backward), ...], through the
+  thread t, threads, gA, gqa1, gqa2, AT, BT buffers (backward), ...], through the
   job routine of its kind (`_job_routines`)."""
   _call_job(job[0], _voidp(_addr(job.ctypes.data)))
 
@@ -736,7 +761,7 @@ def _new_jobs(kind, ins, out):
     jobs[t, 0] = kind
     jobs[t, 1] = _addr(ins)
     jobs[t, 2] = _addr(out)
-    jobs[t, 3], jobs[t, 4] = _chunk_bounds(nc, parts, t)
+    jobs[t, 3], jobs[t, 4] = t, parts
   return jobs
 
 
@@ -963,7 +988,7 @@ def _cols(jnp, p, q1, q2):
   return b, qb1, 1 / jnp.sqrt(qb1), qb2, 1 / jnp.sqrt(qb2)
 
 
-def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):
+def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0), sym=False):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   p1, p2 = f1[0], f2[0]
   dt = p1.dtype
@@ -973,7 +998,8 @@ def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):
   s2 = f1[2].shape[0] * f1[2].shape[1]
   box, hw = _box_tables(h1, w1)
   dims = np.array([h1 * w1, rows[0].shape[1], IT, f, cols[0].shape[0], JC,
-                   s2, need[0], need[1], box.shape[1], threads(), 0, 0, 0],
+                   s2, need[0], need[1], box.shape[1], threads(), int(sym),
+                   0, 0],
                   np.int32)
   a_t, a_k, c_0 = dense_coeffs
   prm = np.array([b_var, w_var / 25, a_t, a_k, c_0], dt)
@@ -981,27 +1007,50 @@ def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0)):
       jnp.asarray(box), jnp.asarray(hw))
 
 
-def forward(f1, f2, w_var, b_var, dense_coeffs):
-  """NTK (N1, N2) from the features of `kernels._cnn_features` (traceable)."""
+def _sym_missing(n: int) -> np.ndarray:
+  """(n, n): the block kernel's entries that `sym` leaves out (row i at or
+  below the end of column j's chunk); their transposes are computed."""
+  i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+  return i >= (j // JC + 1) * JC
+
+
+def forward(f1, f2, w_var, b_var, dense_coeffs, sym=False):
+  """NTK (N1, N2) from the features of `kernels._cnn_features` (traceable).
+
+  sym: f1 is f2 (the block kernel K(x, x)): each pair is computed once
+  (about 56% of the pairs for 512 images: whole 64-column chunks above the
+  diagonal) and the rest filled in by symmetry."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   n1, n2 = f1[0].shape[2], f2[0].shape[2]
-  ops = _operands(f1, f2, w_var, b_var, dense_coeffs)
+  ops = _operands(f1, f2, w_var, b_var, dense_coeffs, sym=sym)
   name, _ = _targets(np.dtype(f1[0].dtype).name)
   shape = (ops[2].shape[1] * IT, ops[7].shape[0] * JC)
   out, = jax.ffi.ffi_call(
       name, (jax.ShapeDtypeStruct(shape, f1[0].dtype),),
       custom_call_api_version=1)(*ops)
-  return out[:n1, :n2]
+  out = out[:n1, :n2]
+  if sym:
+    out = jnp.where(_sym_missing(n1), out.T, out)
+  return out
 
 
-def backward(f1, f2, g, need1, need2, w_var, b_var, dense_coeffs):
-  """Cotangents of both sides' features (zeros for a side not needed)."""
+def backward(f1, f2, g, need1, need2, w_var, b_var, dense_coeffs,
+             sym=False):
+  """Cotangents of both sides' features (zeros for a side not needed).
+
+  sym: as in `forward`, g the cotangent of the whole block kernel; the
+  cotangent of the entries left out goes to their transposes, and the
+  features' cotangent is the sum of both sides'."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   p1, p2 = f1[0], f2[0]
   h1, w1, n1, f = p1.shape
   n2 = p2.shape[2]
-  ops = _operands(f1, f2, w_var, b_var, dense_coeffs, (need1, need2))
+  if sym:
+    miss = _sym_missing(n1)
+    g = jnp.where(miss, 0, g + jnp.where(miss.T, g.T, 0))
+  ops = _operands(f1, f2, w_var, b_var, dense_coeffs, (need1, need2), sym)
   _, name = _targets(np.dtype(p1.dtype).name)
   nt, nc = ops[2].shape[1], ops[7].shape[0]
   gp = jnp.pad(g, ((0, nt * IT - n1), (0, nc * JC - n2)))

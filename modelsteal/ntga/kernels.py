@@ -424,6 +424,50 @@ def _cnn_core_cpu_bwd(w_var, b_var, res, g):
 
 _cnn_core_cpu.defvjp(_cnn_core_cpu_fwd, _cnn_core_cpu_bwd, symbolic_zeros=True)
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _cnn_block_cpu(f, w_var, b_var):
+  """K(x, x) on the CPU kernel, each pair once (`cnn_cpu.forward(sym)`)."""
+  return cnn_cpu.forward(f, f, w_var, b_var,
+                         _dense_coeffs(CNN_DENSE_LAYERS, w_var, b_var),
+                         sym=True)
+
+
+def _cnn_block_cpu_fwd(f, w_var, b_var):
+  return _cnn_block_cpu(f, w_var, b_var), f
+
+
+def _cnn_block_cpu_bwd(w_var, b_var, f, g):
+  g1, g2 = cnn_cpu.backward(f, f, g, True, True, w_var, b_var,
+                            _dense_coeffs(CNN_DENSE_LAYERS, w_var, b_var),
+                            sym=True)
+  return (tuple(a + b for a, b in zip(g1, g2)),)
+
+
+_cnn_block_cpu.defvjp(_cnn_block_cpu_fwd, _cnn_block_cpu_bwd)
+
+
+def cnn_ntk_block(x, w_var: float = W_VAR, b_var: float = B_VAR,
+                  tile: int = 8, impl: str = 'auto'):
+  """`cnn_ntk(x, x)`, NTGA's block kernel. The CPU kernel computes each
+  image pair once, by whole 64-column chunks (56% of the pairs of a
+  512-image block, forward and backward); `xla` is `cnn_ntk(x, x)`."""
+  impl = resolve_cnn_impl(impl)
+  if impl == 'cpu':
+    return _cnn_block_cpu(_cnn_features(x, w_var, b_var), w_var, b_var)
+  return cnn_ntk(x, x, w_var, b_var, tile=tile, impl=impl)
+
+
+def block_kernel_fn(kernel_fn: KernelFn) -> Callable:
+  """x -> kernel_fn(x, x), through `cnn_ntk_block` where kernel_fn is
+  `cnn_ntk` (or a `functools.partial` of it with keywords only)."""
+  if kernel_fn is cnn_ntk:
+    return cnn_ntk_block
+  if (isinstance(kernel_fn, functools.partial) and kernel_fn.func is cnn_ntk
+      and not kernel_fn.args):
+    return functools.partial(cnn_ntk_block, **kernel_fn.keywords)
+  return lambda x: kernel_fn(x, x)
+
 CNN_IMPLS = ('auto', 'cpu', 'xla')
 
 
