@@ -11,6 +11,7 @@
 #   4. the best defence of issue 5 (bitdepth:1), CNN target, 5 epochs
 # PGD=1 adds the 10-step PGD generation with the same target (hours here);
 # MODES="pgd official" sets the modes and their order.
+# DEFEND=0 leaves out step 4.
 # A set already at $WD/mnist_ntga_cnn_<mode>_v<VAL>.npz is evaluated as it is
 # (step 1 skipped): e.g. one made on a GPU by benchmarks/ntga_cnn_gpu.sh and
 # unpacked with benchmarks/poison_pack.py (VAL=10000 PGD=1 for that one).
@@ -33,6 +34,7 @@ for mode in "${modes[@]}"; do
       --targets=ntga_fnn_relu,ntga_fnn --target_epochs=10 --workdir="$WD"
   python -m pipelines.poison_eval --poisoned="$npz" --dataset="$MNIST" \
       --targets=ntga_cnn --target_epochs=5 --workdir="$WD"
+  [[ "${DEFEND:-1}" == 1 ]] || continue
   python -m pipelines.defend --poisoned="$npz" --defense=bitdepth:1 \
       --target=cnn --epochs=5 --train_size=0 --workdir="$WD/defend_mnist"
 done

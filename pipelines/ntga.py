@@ -80,8 +80,8 @@ _KERNEL_IMPL = flags.DEFINE_enum(
     'cnn_kernel says which) or nt (neural-tangents\' stax, for comparison).')
 _VAL_BATCH = flags.DEFINE_integer(
     'val_batch_size', 0, 'Validation images per batch and device (0: '
-    'surrogate default: fnn 500, cnn 64 on a CPU and 1000 on an '
-    'accelerator).')
+    'surrogate default: fnn 500; cnn 1000, or 64 where the XLA kernel '
+    'runs on a CPU).')
 _VAL_SAMPLE = flags.DEFINE_integer(
     'val_sample', 0, 'Validation images drawn afresh from the --val_size '
     'target for each gradient (0: the whole target). A gradient then costs '

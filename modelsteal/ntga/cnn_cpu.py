@@ -8,7 +8,10 @@ small BLAS product (the 5x5 patches), the arc-cosine map, and the box sum
 straight into the conv-2 accumulators; then conv 2's arc-cosine map and the
 mean. The backward pass keeps the tile's conv-1 maps, runs the reverse sweep
 in the same loops, and computes a side's patch cotangents only when that
-side is differentiated (the validation images never are). The column chunks
+side is differentiated (the validation images never are). Row images whose
+5x5 window is all zero at a position (56% of an MNIST image's) take their
+maps from a per-column table and skip the patch product (`_zero_rows`). The
+block kernel K(x, x) computes each pair once (`forward(sym=True)`). The column chunks
 of a call are spread over `threads()` POSIX threads (one per available core
 by default, `MODELSTEAL_NTGA_THREADS` to set).
 
