@@ -452,7 +452,10 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
           np.dot(gk, BT[c, p], tmp_a)
           gA[p, i0] += tmp_a
           rest = zrest[p]
-          if need_b and rest:  # zero rows add nothing to B's cotangent
+          if need_b and rest == IT:
+            np.dot(AT[p, i0], gk, tmp_b)
+            gB[c, p] += tmp_b
+          elif need_b and rest:  # zero rows add nothing to B's cotangent
             for ii in range(IT):
               m = zrow[p, ii]
               if m >= 0:
@@ -464,13 +467,27 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
           rest = _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1,
                                      zrow, zq, ztab, gsk, gst, gkc, zsk, zst,
                                      gqb1)
-          if need_b and rest:
+          if need_b and rest == IT:  # gkc's rows are then the tile's
+            np.dot(AT[p, i0], gkc, tmp_b)
+            gB[c, p] += tmp_b
+          elif need_b and rest:
             for ii in range(IT):
               m = zrow[p, ii]
               if m >= 0:
                 ac[m] = A[p, i0, ii]
             np.dot(ac[:rest].T, gkc[:rest], tmp_b)
             gB[c, p] += tmp_b
+
+
+@_inline
+def _conv1_pair_bwd(k, qa, ra, qb, rb, gk_out, gt_out):
+  """Conv 1's ReLU reversed for one pair at one position: the covariance's
+  cotangent (ntk = nngp there) and the variance product's."""
+  prod = qa * qb
+  inv = ra * rb
+  _, dot, sr = _relu(k, prod, inv)
+  g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr, gk_out, gt_out)
+  return g_k + g_t, g_prod
 
 
 @_inline
@@ -495,13 +512,9 @@ def _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow, ztab,
       continue
     ra = ra1[i, p]
     for jj in range(jc):
-      k = k1[p, m, jj]
-      prod = qa * qb1[c, p, jj]
-      inv = ra * rb1[c, p, jj]
-      _, dot, sr = _relu(k, prod, inv)
-      g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr,
-                                  gsk[ii, jj], gst[ii, jj])
-      gk[ii, jj] = g_k + g_t  # conv 1: ntk = nngp
+      gk[ii, jj], g_prod = _conv1_pair_bwd(k1[p, m, jj], qa, ra, qb1[c, p, jj],
+                                           rb1[c, p, jj], gsk[ii, jj],
+                                           gst[ii, jj])
       gq += g_prod * qb1[c, p, jj]
       gqb1[c, p, jj] += g_prod * qa
     gqa1[i, p] += gq
@@ -536,13 +549,9 @@ def _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow, zq,
     qa = qa1[i, p]
     ra = ra1[i, p]
     for jj in range(jc):
-      k = k1[p, m, jj]
-      prod = qa * qb1[c, p, jj]
-      inv = ra * rb1[c, p, jj]
-      _, dot, sr = _relu(k, prod, inv)
-      g_k, g_t, g_prod = _relu_bwd(k, k, prod, inv, dot, sr,
-                                  gsk[ii, jj], gst[ii, jj])
-      gkc[m, jj] = g_k + g_t
+      gkc[m, jj], g_prod = _conv1_pair_bwd(k1[p, m, jj], qa, ra,
+                                           qb1[c, p, jj], rb1[c, p, jj],
+                                           gsk[ii, jj], gst[ii, jj])
       gqb1[c, p, jj] += g_prod * qa
   if zeros:
     qz = zq[p]
