@@ -80,7 +80,10 @@ def main(argv):
   shape = tuple(int(v) for v in _SHAPE.value)
   if _DATASET.value:
     from modelsteal.data import sources  # pylint: disable=g-import-not-at-top
-    ds = sources.load_dataset(_DATASET.value)
+    try:
+      ds = sources.load_dataset(_DATASET.value)
+    except (sources.DataError, KeyError) as e:
+      raise app.UsageError(f'--dataset: {e}') from None
     if len(ds.x_test) < n_val or len(ds.x_train) < n_b:
       raise app.UsageError(f'{_DATASET.value} has {len(ds.x_test)} test and '
                            f'{len(ds.x_train)} training images; --n_val='
