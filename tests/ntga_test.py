@@ -63,70 +63,11 @@ def test_closed_form_fnn_kernel_matches_neural_tangents():
                              atol=1e-5 * float(jnp.max(jnp.abs(g_ref))))
 
 
-def _cnn_inputs(shape, seed=0):
-  """Images with the cases where the ReLU correlation reaches 1: an all-zero
-  image (every window zero), zero borders (zero windows on both sides) and a
-  near-copy (correlation just below 1)."""
-  rng = np.random.default_rng(seed)
-  a = rng.random((5,) + shape)
-  a[0] = 0.0
-  a[1, :3], a[1, :, :3] = 0.0, 0.0
-  b = rng.random((4,) + shape)
-  b[0] = a[1] + 0.01 * (a[1] > 0)
-  b[1] = 0.0
-  b[2, :3], b[2, :, :3] = 0.0, 0.0
-  return jnp.asarray(a), jnp.asarray(b)
-
-
 _CNN_IMPLS = ['xla', pytest.param('cpu', marks=pytest.mark.skipif(
     not kernels.cnn_cpu.available(), reason='numba is not installed'))]
-
-
-_R = np.random.default_rng(1).normal(size=(5, 4))  # cotangent of k(a, b)
-_W = np.random.default_rng(2).normal(size=(5, 5))  # of the block kernel k(a, a)
-
-
-def _cnn_kernel_and_grads(fn, a, b):
-  """k(a, b), its gradients along a and b, and the block kernel's along a."""
-  r, w = jnp.asarray(_R), jnp.asarray(_W)
-  return (fn(a, b),
-          *[jax.jit(jax.grad(lambda x, y: jnp.sum(fn(x, y) * r), argnums))(a, b)
-            for argnums in (0, 1)],
-          jax.jit(jax.grad(lambda x: jnp.sum(fn(x, x) * w)))(a))
-
-
-@functools.lru_cache(maxsize=None)
-def _nt_cnn_reference():
-  """neural-tangents' kernel and gradients on `_cnn_inputs((9, 7, 2))` in
-  float64, computed once for both implementations."""
-  with enable_x64():
-    a, b = _cnn_inputs((9, 7, 2))
-    return tuple(np.asarray(v) for v in
-                 _cnn_kernel_and_grads(jax.jit(kernels.nt_cnn(10)), a, b))
-
-
-@pytest.mark.parametrize('impl', _CNN_IMPLS)
-def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64(impl):
-  k_ref, ga_ref, gb_ref, gblock_ref = _nt_cnn_reference()
-  with enable_x64():
-    a, b = _cnn_inputs((9, 7, 2))  # odd sizes: asymmetric SAME padding
-    # xla: tile=2 also runs the tiled path (lax.map over rows of x1); cpu:
-    # 5 rows and 4 columns pad the kernel's 32-row tiles and 64-column chunks
-    ours = jax.jit(lambda x, y: kernels.cnn_ntk(x, y, tile=2, impl=impl))
-    k, ga, gb, gblock = _cnn_kernel_and_grads(ours, a, b)
-  # Values: float64 round-off only, except where a correlation is exactly
-  # 1 (all-zero pairs), where both sides' sqrt(prod - k^2) is round-off
-  # of ~1e-9 relative.
-  assert k.dtype == jnp.float64
-  np.testing.assert_allclose(k, k_ref, rtol=1e-8)
-  for g, g_ref in ((ga, ga_ref), (gb, gb_ref)):
-    assert np.all(np.isfinite(g))
-    np.testing.assert_allclose(g, g_ref, rtol=1e-9,
-                               atol=1e-12 * float(np.max(np.abs(g_ref))))
-  # The block kernel: x through both arguments, identical images on the
-  # diagonal (the derivative there exists only along x1 = x2).
-  np.testing.assert_allclose(gblock, gblock_ref, rtol=1e-7,
-                             atol=1e-9 * float(np.max(np.abs(gblock_ref))))
+# The float64 kernel tests are in tests/ntga_kernel64_test.py: a file of
+# their own, so a second test worker compiles the numba kernel's float64
+# routines while this file's worker compiles the float32 ones.
 
 
 @pytest.mark.parametrize('impl', _CNN_IMPLS)
@@ -140,8 +81,11 @@ def test_closed_form_cnn_kernel_in_float32_and_cifar_shape(impl):
   np.testing.assert_allclose(k, kernels.nt_cnn(10)(a, b), rtol=1e-5)
   g = jax.grad(lambda x: jnp.sum(ours(x, x)))(a)
   assert g.shape == a.shape and np.all(np.isfinite(g))
-  with enable_x64():  # the float32 gradient against the float64 one
-    g64 = jax.grad(lambda x: jnp.sum(ours(x, x)))(a.astype(jnp.float64))
+  with enable_x64():  # against the float64 gradient (of the XLA kernel, so
+    # this file compiles only the numba kernel's float32 routines; both are
+    # checked against neural-tangents in float64 in ntga_kernel64_test.py)
+    g64 = jax.grad(lambda x: jnp.sum(kernels.cnn_ntk(x, x, impl='xla')))(
+        a.astype(jnp.float64))
   np.testing.assert_allclose(g, g64, rtol=1e-3,
                              atol=1e-4 * float(jnp.max(jnp.abs(g64))))
 
@@ -199,8 +143,13 @@ def test_cpu_kernel_threads_give_the_same_kernel_and_gradients(monkeypatch):
   one = run(1)
   for n in (2, 3, 8):
     many = run(n)
-    np.testing.assert_array_equal(many[0], one[0])  # disjoint columns
-    np.testing.assert_array_equal(many[2], one[2])  # per-column cotangents
+    # Disjoint columns and per-column cotangents: the same sums, but OpenBLAS
+    # may split a patch product over its own threads differently when the
+    # kernel's threads keep it busy (edge tiles sum in another order), so a
+    # few float32 ulps, not bit equality (CI saw 2.4e-7 relative once).
+    for a, b in zip(many[0::2], one[0::2]):
+      np.testing.assert_allclose(a, b, rtol=2e-6,
+                                 atol=1e-7 * float(jnp.max(jnp.abs(b))))
     for a, b in zip(many[1::2], one[1::2]):  # summed over threads
       np.testing.assert_allclose(a, b, rtol=1e-5,
                                  atol=1e-6 * float(jnp.max(jnp.abs(b))))
@@ -208,85 +157,6 @@ def test_cpu_kernel_threads_give_the_same_kernel_and_gradients(monkeypatch):
   monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', 'two')
   with pytest.raises(ValueError, match='MODELSTEAL_NTGA_THREADS must be'):
     kernels.cnn_ntk(x1, x2, impl='cpu')
-
-
-def test_cpu_kernel_zero_windows_match_the_xla_kernel():
-  # The CPU kernel takes rows whose 5x5 window is all zero (most of an
-  # MNIST image) from a per-column table and runs the patch products on the
-  # other rows alone. 72 rows = tiles of 32: tile 0 dense below a zero band
-  # (no zero row, or all zero), tile 1 mixed (whole zero images, zero left
-  # halves), tile 2 eight rows and 24 padding rows.
-  # float64: identical pairs (x2[5:10]) are ill-conditioned in float32.
-  rng = np.random.default_rng(7)
-  x1 = rng.random((72, 12, 12, 1))
-  x1[:, :4] = 0.0          # conv-1 row 0: every row of every tile zero
-  x1[32:42] = 0.0          # whole zero images
-  x1[42:52, :, :6] = 0.0   # zero left halves
-  x1[64:66, 6:] = 0.0
-  x2 = rng.random((70, 12, 12, 1))
-  x2[:5] = x1[32:37]       # zero columns too
-  x2[5:10] = x1[42:47]     # and identical pairs
-
-  def run(impl):
-    r = jnp.asarray(np.random.default_rng(8).normal(size=(72, 70)))
-    w = jnp.asarray(np.random.default_rng(9).normal(size=(72, 72)))
-    a, b = jnp.asarray(x1), jnp.asarray(x2)
-    f = lambda a, b: kernels.cnn_ntk(a, b, impl=impl)
-    k = jax.jit(f)(a, b)
-    g1, g2 = jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * r),
-                              argnums=(0, 1)))(a, b)
-    g2_only = jax.jit(jax.grad(lambda b: jnp.sum(f(a, b) * r)))(b)
-    gb = jax.jit(jax.grad(lambda a: jnp.sum(f(a, a) * w)))(a)
-    return k, g1, g2, g2_only, gb
-
-  with enable_x64():
-    ours, ref = run('cpu'), run('xla')
-  assert ours[0].dtype == jnp.float64
-  # round-off only; all-zero pairs (correlation exactly 1) carry both
-  # kernels' sqrt(prod - k^2) round-off, ~1e-9 relative
-  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-8)
-  for g, g_ref in zip(ours[1:], ref[1:]):
-    scale = float(jnp.max(jnp.abs(g_ref)))
-    assert scale > 0
-    np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-10 * scale)
-  # the column side alone (no row cotangents computed) equals it with them
-  np.testing.assert_allclose(ours[3], ours[2], rtol=1e-10,
-                             atol=1e-13 * float(jnp.max(jnp.abs(ours[2]))))
-
-
-@pytest.mark.skipif(not kernels.cnn_cpu.available(),
-                    reason='the CPU kernel needs numba (the ntga extra)')
-def test_block_kernel_computes_each_pair_once_and_equals_the_full_one(
-    monkeypatch):
-  # 150 images: chunks of 64 + 64 + 22 columns, row tiles of 32; the CPU
-  # block kernel leaves out the rows below each chunk and fills them in by
-  # symmetry; its gradient sends their cotangents to the transposes.
-  rng = np.random.default_rng(11)
-  x = rng.random((150, 12, 12, 1))
-  x[:, :4] = 0.0
-  x[20:40] = 0.0
-  x[100:110, :, :6] = 0.0
-  w = rng.normal(size=(150, 150))
-  with enable_x64():
-    xj, wj = jnp.asarray(x), jnp.asarray(w)
-    full = lambda a: kernels.cnn_ntk(a, a, impl='cpu')
-    ref_k = jax.jit(full)(xj)
-    ref_g = jax.jit(jax.grad(lambda a: jnp.sum(full(a) * wj)))(xj)
-    assert kernels.block_kernel_fn(kernels.cnn_ntk) is kernels.cnn_ntk_block
-    for n in (1, 2, 3):
-      monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', str(n))
-      block = jax.jit(kernels.cnn_ntk_block)
-      k = block(xj)
-      g = jax.jit(jax.grad(lambda a: jnp.sum(kernels.cnn_ntk_block(a) * wj)))(
-          xj)
-      np.testing.assert_allclose(k, ref_k, rtol=1e-12)
-      np.testing.assert_array_equal(k, k.T)  # filled in by symmetry
-      np.testing.assert_allclose(g, ref_g, rtol=1e-9,
-                                 atol=1e-12 * float(jnp.max(jnp.abs(ref_g))))
-  # other kernels: K(x, x) through the kernel itself
-  fn = kernels.block_kernel_fn(kernels.fnn_ntk)
-  xs = jnp.asarray(x[:3], jnp.float32)
-  np.testing.assert_array_equal(fn(xs), kernels.fnn_ntk(xs, xs))
 
 
 def test_precision_scope_uses_full_float32_products():

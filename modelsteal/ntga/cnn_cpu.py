@@ -610,16 +610,15 @@ def _unpack(ins, dt_):
 # started from the compiled code (numba's `prange` cannot be loaded from
 # numba's cache when called from a `cfunc`). The thread routine is a `cfunc`
 # reached through a named symbol, so no address is compiled into cached code.
-_WORKER = 'modelsteal_cnn_ntk_worker'
+_WORKER = 'modelsteal_cnn_ntk_worker_'  # + f32 / f64
 _JOB = 12      # int64 fields of a job, see `_job`
-# One compiled routine per job kind (see `_job`), each reached through its
-# symbol: a caller that held the routine's code itself would make numba link
-# and optimise that code again in every function up the call chain (a cold
-# compile took minutes that way).
-_JOB_ROUTINES = ('modelsteal_cnn_ntk_job_fwd_f32',
-                 'modelsteal_cnn_ntk_job_fwd_f64',
-                 'modelsteal_cnn_ntk_job_bwd_f32',
-                 'modelsteal_cnn_ntk_job_bwd_f64')
+# One compiled routine per job kind and dtype (see `_job`), each reached
+# through its symbol: a caller that held the routine's code itself would
+# make numba link and optimise that code again in every function up the
+# call chain (a cold compile took minutes that way). Everything from the
+# custom call down is specialised by dtype (the `dt_` arguments), so only
+# the dtypes in use are compiled: a float32 user never waits for float64.
+_JOB_ROUTINE = 'modelsteal_cnn_ntk_job_'  # + fwd_f32, bwd_f64, ...
 _NDIMS = 14    # int32 dims operand, see `_operands`
 
 if numba is not None:
@@ -628,6 +627,10 @@ if numba is not None:
   from numba.extending import intrinsic as _intrinsic  # pylint: disable=g-import-not-at-top
 
   _VP = _ir.IntType(8).as_pointer()
+
+  def _suffix(dt_type):
+    """'f32' or 'f64': the symbol suffix of a dtype argument's type."""
+    return 'f64' if dt_type.dtype == _types.float64 else 'f32'
   _I64 = _ir.IntType(64)
   _I32 = _ir.IntType(32)
 
@@ -654,11 +657,13 @@ if numba is not None:
     return _types.CPointer(_types.voidptr)(_types.int64), codegen
 
   @_intrinsic
-  def _spawn(typingctx, job):  # pylint: disable=unused-argument
-    """pthread_create(&tid, NULL, worker, job): tid, or -1 if it failed."""
+  def _spawn(typingctx, job, dt_):  # pylint: disable=unused-argument
+    """pthread_create(&tid, NULL, worker, job): tid, or -1 if it failed;
+    the worker of dt_'s dtype."""
     def codegen(context, builder, sig, args):
       wty = _ir.FunctionType(_VP, [_VP])
-      worker = _cgutils.get_or_insert_function(builder.module, wty, _WORKER)
+      worker = _cgutils.get_or_insert_function(
+          builder.module, wty, _WORKER + _suffix(sig.args[1]))
       cty = _ir.FunctionType(_I32, [_I64.as_pointer(), _VP, wty.as_pointer(),
                                     _VP])
       create = _cgutils.get_or_insert_function(builder.module, cty,
@@ -668,23 +673,23 @@ if numba is not None:
                                  args[0]])
       ok = builder.icmp_signed('==', rc, _ir.Constant(_I32, 0))
       return builder.select(ok, builder.load(tid), _ir.Constant(_I64, -1))
-    return _types.int64(_types.voidptr), codegen
+    return _types.int64(_types.voidptr, dt_), codegen
 
   @_intrinsic
-  def _call_job(typingctx, kind, job):  # pylint: disable=unused-argument
-    """Calls the job routine of `kind` (0-3, see `_job`) by its symbol name:
-    callers hold only a declaration, not the routine's code."""
+  def _call_job(typingctx, kind, job, dt_):  # pylint: disable=unused-argument
+    """Calls the job routine of `kind` (0 forward, 1 backward) for dt_'s
+    dtype by its symbol name: callers hold only a declaration, not the
+    routine's code."""
     def codegen(context, builder, sig, args):
       fty = _ir.FunctionType(_ir.VoidType(), [_VP])
-      fns = [_cgutils.get_or_insert_function(builder.module, fty, name)
-             for name in _JOB_ROUTINES]
-      fn = fns[-1]
-      for k in range(len(fns) - 2, -1, -1):
-        hit = builder.icmp_signed('==', args[0], _ir.Constant(_I64, k))
-        fn = builder.select(hit, fns[k], fn)
-      builder.call(fn, [args[1]])
+      sfx = _suffix(sig.args[2])
+      fwd, bwd = (_cgutils.get_or_insert_function(
+          builder.module, fty, f'{_JOB_ROUTINE}{k}_{sfx}')
+                  for k in ('fwd', 'bwd'))
+      hit = builder.icmp_signed('==', args[0], _ir.Constant(_I64, 0))
+      builder.call(builder.select(hit, fwd, bwd), [args[1]])
       return context.get_dummy_value()
-    return _types.none(_types.int64, _types.voidptr), codegen
+    return _types.none(_types.int64, _types.voidptr, dt_), codegen
 
   @_intrinsic
   def _join(typingctx, tid):  # pylint: disable=unused-argument
@@ -738,27 +743,27 @@ def _run_backward(ins, out, t, parts, dt_, ga_p, gqa1_p, gqa2_p, at_p,
 
 
 @_jit
-def _job(job):
-  """Runs one job: [kind (0/1 forward f32/f64, 2/3 backward), ins, out,
-  thread t, threads, gA, gqa1, gqa2, AT, BT buffers (backward), ...], through the
-  job routine of its kind (`_job_routines`)."""
-  _call_job(job[0], _voidp(_addr(job.ctypes.data)))
+def _job(job, dt_):
+  """Runs one job: [kind (0 forward, 1 backward), ins, out, thread t,
+  threads, gA, gqa1, gqa2, AT, BT buffers (backward), ...], through the
+  job routine of its kind and dt_ (`_job_routines`)."""
+  _call_job(job[0], _voidp(_addr(job.ctypes.data)), dt_)
 
 
 @_jit
-def _run_jobs(jobs):
+def _run_jobs(jobs, dt_):
   """Job 0 on this thread, the others on threads of their own (inline where
   a thread cannot be started)."""
   n = jobs.shape[0]
   tids = np.full(n, -1, np.int64)
   for t in range(1, n):
-    tids[t] = _spawn(_voidp(_addr(jobs[t].ctypes.data)))
-  _job(jobs[0])
+    tids[t] = _spawn(_voidp(_addr(jobs[t].ctypes.data)), dt_)
+  _job(jobs[0], dt_)
   for t in range(1, n):
     if tids[t] >= 0:
       _join(tids[t])
     else:
-      _job(jobs[t])
+      _job(jobs[t], dt_)
 
 
 @_jit
@@ -778,12 +783,12 @@ def _new_jobs(kind, ins, out):
 
 
 @_jit
-def _forward_cc(out, ins, kind):
-  _run_jobs(_new_jobs(kind, ins, out))
+def _forward_cc(out, ins, dt_):
+  _run_jobs(_new_jobs(0, ins, out), dt_)
 
 
 @_jit
-def _backward_cc(out, ins, kind, dt_):
+def _backward_cc(out, ins, dt_):
   d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
       _unpack(ins, dt_))
   s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
@@ -802,7 +807,7 @@ def _backward_cc(out, ins, kind, dt_):
         else np.empty((1, 1, 1, 1), dt_))
   bt = (np.ascontiguousarray(b.transpose(0, 1, 3, 2)) if need_a
         else np.empty((1, 1, 1, 1), dt_))
-  jobs = _new_jobs(kind, ins, out)
+  jobs = _new_jobs(1, ins, out)
   parts = jobs.shape[0]
   # threads other than this one sum gA, gqa1, gqa2 into buffers of their own
   sa = np.zeros((parts - 1, s1, nt, it_, f), dt_)
@@ -819,7 +824,7 @@ def _backward_cc(out, ins, kind, dt_):
       jobs[t, 7] = _addr(sq2[t - 1].ctypes.data)
     jobs[t, 8] = _addr(at.ctypes.data)
     jobs[t, 9] = _addr(bt.ctypes.data)
-  _run_jobs(jobs)
+  _run_jobs(jobs, dt_)
   for t in range(parts - 1):
     ga += sa[t]
     gqa1 += sq1[t]
@@ -827,59 +832,51 @@ def _backward_cc(out, ins, kind, dt_):
 
 
 @functools.lru_cache(maxsize=None)
-def _job_routines() -> tuple[str, ...]:
-  """Compiles (or loads) the four job routines and names them for the JIT
-  linker (`_JOB_ROUTINES`); before any code that calls them is compiled or
-  loaded."""
+def _job_routines(sfx: str) -> tuple[str, str]:
+  """Compiles (or loads) the forward and backward job routines of one dtype
+  ('f32' or 'f64') and names them for the JIT linker (`_JOB_ROUTINE`);
+  before any code that calls them is compiled or loaded."""
   import llvmlite.binding as llvm  # pylint: disable=g-import-not-at-top
   from numba import types  # pylint: disable=g-import-not-at-top
   sig = types.void(types.voidptr)
+  dt_ = _F64 if sfx == 'f64' else _F32
 
   @numba.cfunc(sig, **_CFUNC_OPTS)
-  def fwd_f32(arg):
+  def fwd(arg):
     job = numba.carray(arg, (_JOB,), np.int64)
-    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F32)
+    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], dt_)
 
   @numba.cfunc(sig, **_CFUNC_OPTS)
-  def fwd_f64(arg):
+  def bwd(arg):
     job = numba.carray(arg, (_JOB,), np.int64)
-    _run_forward(_voidpp(job[1]), _voidp(job[2]), job[3], job[4], _F64)
-
-  @numba.cfunc(sig, **_CFUNC_OPTS)
-  def bwd_f32(arg):
-    job = numba.carray(arg, (_JOB,), np.int64)
-    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F32,
+    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], dt_,
                   job[5], job[6], job[7], job[8], job[9])
 
-  @numba.cfunc(sig, **_CFUNC_OPTS)
-  def bwd_f64(arg):
-    job = numba.carray(arg, (_JOB,), np.int64)
-    _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], _F64,
-                  job[5], job[6], job[7], job[8], job[9])
-
-  routines = (fwd_f32, fwd_f64, bwd_f32, bwd_f64)
-  for name, fn in zip(_JOB_ROUTINES, routines):
+  names = (f'{_JOB_ROUTINE}fwd_{sfx}', f'{_JOB_ROUTINE}bwd_{sfx}')
+  for name, fn in zip(names, (fwd, bwd)):
     llvm.add_symbol(name, fn.address)
-  _KEEP.extend(routines)
-  return _JOB_ROUTINES
+  _KEEP.extend((fwd, bwd))
+  return names
 
 
 @functools.lru_cache(maxsize=None)
-def _worker_symbol() -> str:
-  """Compiles (or loads) the thread routine and names it `_WORKER` for the
-  JIT linker; before any code that starts threads is compiled or loaded."""
+def _worker_symbol(sfx: str) -> str:
+  """Compiles (or loads) the thread routine of one dtype and names it for
+  the JIT linker (`_WORKER` + sfx); before any code that starts threads is
+  compiled or loaded."""
   import llvmlite.binding as llvm  # pylint: disable=g-import-not-at-top
   from numba import types  # pylint: disable=g-import-not-at-top
-  _job_routines()
+  _job_routines(sfx)
+  dt_ = _F64 if sfx == 'f64' else _F32
 
   @numba.cfunc(types.voidptr(types.voidptr), **_CFUNC_OPTS)
   def worker(arg):
-    _call_job(numba.carray(arg, (_JOB,), np.int64)[0], arg)
+    _call_job(numba.carray(arg, (_JOB,), np.int64)[0], arg, dt_)
     return arg
 
-  llvm.add_symbol(_WORKER, worker.address)
+  llvm.add_symbol(_WORKER + sfx, worker.address)
   _KEEP.append(worker)
-  return _WORKER
+  return _WORKER + sfx
 
 
 def threads() -> int:
@@ -914,28 +911,19 @@ def _targets(dtype_name: str) -> tuple[str, str]:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from numba import types  # pylint: disable=g-import-not-at-top
-  _worker_symbol()
   dt = np.dtype(dtype_name)
-  f64 = dt == np.float64
+  sfx = 'f64' if dt == np.float64 else 'f32'
+  _worker_symbol(sfx)
+  dt_ = _F64 if sfx == 'f64' else _F32
   ptrs = types.CPointer(types.voidptr)
-  sig = types.void(ptrs, ptrs)
 
-  if f64:
-    @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
-    def fwd_cc(out, ins):  # one result: out is its buffer
-      _forward_cc(out, ins, 1)
+  @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
+  def fwd_cc(out, ins):  # one result: out is its buffer
+    _forward_cc(out, ins, dt_)
 
-    @numba.cfunc(sig, **_CFUNC_OPTS)
-    def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
-      _backward_cc(out, ins, 3, _F64)
-  else:
-    @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
-    def fwd_cc(out, ins):
-      _forward_cc(out, ins, 0)
-
-    @numba.cfunc(sig, **_CFUNC_OPTS)
-    def bwd_cc(out, ins):
-      _backward_cc(out, ins, 2, _F32)
+  @numba.cfunc(types.void(ptrs, ptrs), **_CFUNC_OPTS)
+  def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
+    _backward_cc(out, ins, dt_)
 
   names = (f'modelsteal_cnn_ntk_fwd_{dtype_name}',
            f'modelsteal_cnn_ntk_bwd_{dtype_name}')
