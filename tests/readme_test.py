@@ -21,6 +21,7 @@ import gc
 import glob
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -183,24 +184,43 @@ def _fill(cmd: str, state, monkeypatch, capsys) -> str:
   return cmd
 
 
-def _check_uq_all_methods(state):
+def _check_uq_all_methods(state, out):
   """`pipelines.uq --methods=all` trained every UQ method and both ensemble
-  variants (tests/uq_pipeline_test.py checks the table's details on a
-  smaller study)."""
+  variants, from one set of answers, and wrote its table, diversity trace
+  and plot (the study's checks; tests/uq_pipeline_test.py covers its
+  errors and resumption)."""
   import pandas as pd
   from modelsteal import uq
   (csv,) = glob.glob(os.path.join(state.root, 'runs', 'uq', '*', 'results.csv'))
+  out_dir = os.path.dirname(csv)
   df = pd.read_csv(csv)
   assert list(df['method']) == ['plain', *uq.UQ_METHODS, 'ensemble',
                                 'ensemble'], list(df['method'])
   assert df['arch'].iloc[-2].startswith('ensemble:mnist_cnn+lenet5+mnist_mlp')
   assert 'bootstrap=1' in df['arch'].iloc[-1]
-  assert df['fidelity'].between(0, 1).all()
+  assert df['budget'].nunique() == 1  # smoke: the largest budget only
+  for col in ('fidelity', 'accuracy', 'fidelity_heldout', 'ece',
+              'member_fidelity_best', 'member_fidelity_mean'):
+    assert df[col].between(0, 1).all(), col
+  # best member >= mean member; a plain student is its own only member
+  assert (df['member_fidelity_best'] >= df['member_fidelity_mean'] - 1e-9).all()
+  plain = df.iloc[0]
+  assert plain['member_fidelity_best'] == pytest.approx(plain['fidelity'])
+  # every UQ student logged its diversity trace, plotted once per budget
+  trace = pd.read_csv(os.path.join(out_dir, 'diversity.csv'))
+  assert set(trace['spec']) == set(df['arch'].iloc[1:])
+  assert (trace.groupby('spec')['step'].count() >= 2).all()
+  (budget,) = set(df['budget'])
+  assert os.path.exists(os.path.join(out_dir, f'diversity_b{budget}.png'))
+  assert 'm_fid_best' in out and 'results.json' in out
+  # every student learned from the same answers: one labelling step
+  steps = pd.read_csv(os.path.join(out_dir, 'steps.csv'))['step']
+  assert steps.str.startswith('label_queries').sum() == 1, list(steps)
 
 
 @pytest.mark.parametrize('kind,cmd', COMMANDS,
                          ids=[f'{i:02d}' for i in range(len(COMMANDS))])
-def test_readme_command(kind, cmd, state, monkeypatch, capsys):
+def test_readme_command(kind, cmd, state, monkeypatch, capsys, caplog):
   monkeypatch.chdir(state.root)
   if kind == 'python':
     ns = {}
@@ -231,8 +251,13 @@ def test_readme_command(kind, cmd, state, monkeypatch, capsys):
     else:
       out = _run_pipeline(m.group(1), args, capsys)
       assert 'total time' in out
+      # quiet output: TensorFlow and Keras log no warnings a user would see
+      noise = [f'{r.name}: {r.getMessage()[:200]}' for r in caplog.records
+               if r.levelno >= logging.WARNING
+               and r.name.split('.')[0] in ('tensorflow', 'keras')]
+      assert not noise, noise
       if m.group(1) == 'uq' and '--methods=all' in args:
-        _check_uq_all_methods(state)
+        _check_uq_all_methods(state, out)
     return
   if 'curl ' in cmd:
     if not shutil.which('curl'):

@@ -1,5 +1,5 @@
-"""`python -m pipelines.uq` end to end (smoke), resume, bad input; UQ students
-in `pipelines.steal`."""
+"""`python -m pipelines.uq`: resume, bad input; UQ students in
+`pipelines.steal` (the study end to end: tests/readme_test.py)."""
 
 import glob
 import os
@@ -23,35 +23,10 @@ def _results(workdir, kind='uq'):
   return pd.read_csv(path), os.path.dirname(path)
 
 
-def test_smoke_methods_variants_table_trace_and_plot(tiny_npz, tmp_path, capsys):
-  wd = str(tmp_path)
-  _main(victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,
-        budgets=['40', '80'], methods=['mcdropout', 'swag'],
-        variants=['hetero', 'bootstrap'], probe_every=2)
-  out = capsys.readouterr().out
-  df, out_dir = _results(wd)
-  # (`--methods=all` runs in tests/readme_test.py, the README's study command)
-  assert list(df['method']) == ['plain', 'mcdropout', 'swag', 'ensemble',
-                                'ensemble']
-  assert set(df['budget']) == {80}  # smoke: the largest budget only
-  assert df['arch'].iloc[3].startswith('ensemble:mnist_mlp+lenet5+mnist_cnn')
-  assert 'bootstrap=1' in df['arch'].iloc[4]
-  for col in ('fidelity', 'accuracy', 'fidelity_heldout', 'ece',
-              'member_fidelity_best', 'member_fidelity_mean'):
-    assert df[col].between(0, 1).all(), col
-  # best member >= mean member; a plain student is its own only member
-  assert (df['member_fidelity_best'] >= df['member_fidelity_mean'] - 1e-9).all()
-  plain = df.iloc[0]
-  assert plain['member_fidelity_best'] == pytest.approx(plain['fidelity'])
-  # every UQ student logged its diversity trace, plotted once per budget
-  trace = pd.read_csv(os.path.join(out_dir, 'diversity.csv'))
-  assert set(trace['spec']) == set(df['arch'].iloc[1:])
-  assert (trace.groupby('spec')['step'].count() >= 2).all()
-  assert os.path.exists(os.path.join(out_dir, 'diversity_b80.png'))
-  assert 'm_fid_best' in out and 'results.json' in out
-  # only one label_queries run: every student learned from the same answers
-  assert len(glob.glob(os.path.join(wd, 'label_queries', '*',
-                                    'execution.json'))) == 1
+# The study end to end (every method, both variants, the table, the
+# diversity trace and plot, one labelling step) is checked on the README's
+# `pipelines.uq --methods=all` command: tests/readme_test.py,
+# `_check_uq_all_methods`.
 
 
 def test_interrupted_run_resumes_without_retraining_finished_members(

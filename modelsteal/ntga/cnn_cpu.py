@@ -81,9 +81,10 @@ if numba is not None:
   # same speed (BUILD_NOTES.md, "Whole suite").
   _inline = numba.njit(inline='always', **_OPTS)
   _jit = numba.njit(nogil=True, **_OPTS)
+  _small = numba.njit(**_OPTS)
 else:  # the module imports; `available()` says no
   _overload = _identity_decorator
-  _inline = _jit = lambda f: f
+  _inline = _jit = _small = lambda f: f
 
 
 def _const(like, value):
@@ -133,7 +134,7 @@ def _asin_numba(x):
   return asin32
 
 
-@_inline
+@_small
 def _relu(k, prod, inv):
   """kernels._relu: theta through the arcsin of the smaller of cos and sin."""
   zero, one = _const(k, 0.0), _const(k, 1.0)
@@ -149,7 +150,7 @@ def _relu(k, prod, inv):
   return sr * inv2pi + dot * k, dot, sr
 
 
-@_inline
+@_small
 def _relu_bwd(k, ntk, prod, inv, dot, sr, gk_out, gt_out):
   """kernels._relu_bwd, with neural-tangents' guard at correlation +-1."""
   zero, one = _const(k, 0.0), _const(k, 1.0)
@@ -229,7 +230,7 @@ def _zero_rows(A, qa1, ra1, qb1, rb1, c, i0, p, bvar, zq, zr, ztab, zrow):
   return rest
 
 
-@_inline
+@_small
 def _relu_bwd_zero(ztab, p, jj, bvar, gk_out, gt_out):
   """`_relu_bwd` for a zero-window row (k = ntk = b_var), from the table."""
   gd = gt_out * bvar * ztab[4, p, jj]
@@ -479,7 +480,7 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
             gB[c, p] += tmp_b
 
 
-@_inline
+@_small
 def _conv1_pair_bwd(k, qa, ra, qb, rb, gk_out, gt_out):
   """Conv 1's ReLU reversed for one pair at one position: the covariance's
   cotangent (ntk = nngp there) and the variance product's."""

@@ -146,6 +146,10 @@ class UQStudent:
           lambda b: tf.nn.softmax(self.sample_logits(b), axis=-1),
           input_signature=[tf.TensorSpec([None, *self.input_shape],
                                          tf.float32)])
+      # One trace per student by design; TF counts the traces of every
+      # student's function (one Python code object) together and would log
+      # "triggered tf.function retracing" in a study of several students.
+      self._probs_fn._omit_frequent_tracing_warning = True  # pylint: disable=protected-access
     x = np.asarray(x, np.float32)
     outs = [self._probs_fn(tf.constant(x[i:i + batch_size])).numpy()
             for i in range(0, len(x), batch_size)]
