@@ -333,7 +333,7 @@ def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
   s1, nt, _, _ = A.shape
   nc, jc = B.shape[0], B.shape[3]
   s2 = qa2.shape[1]
-  wt, wk = a_t / s2, a_k / s2
+  wt, wk = a_t / _const(a_t, s2), a_k / _const(a_k, s2)  # not float64
   for c in range(nc):
     if not _owns(c, nc, t, parts, sym):
       continue
@@ -572,7 +572,7 @@ def _backward_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
   gqa2 sum over chunks; gB, gqb1, gqb2 are per chunk). AT, BT: A and B
   with their last two axes swapped, contiguous (for BLAS), where needed."""
   s2 = qa2.shape[1]
-  wt, wk = a_t / s2, a_k / s2
+  wt, wk = a_t / _const(a_t, s2), a_k / _const(a_k, s2)  # not float64
   nc = B.shape[0]
   for c in range(nc):
     if not _owns(c, nc, t, parts, sym):
