@@ -81,6 +81,9 @@ if numba is not None:
   # same speed (BUILD_NOTES.md, "Whole suite").
   _inline = numba.njit(inline='always', **_OPTS)
   _jit = numba.njit(nogil=True, **_OPTS)
+  # Small per-element helpers called from many places: compiled once and
+  # inlined by LLVM, where numba-IR inlining retyped them at every call
+  # site (cold compile -11 s per dtype, same speed; BUILD_NOTES, session 10).
   _small = numba.njit(**_OPTS)
 else:  # the module imports; `available()` says no
   _overload = _identity_decorator
@@ -628,12 +631,12 @@ if numba is not None:
   from numba.extending import intrinsic as _intrinsic  # pylint: disable=g-import-not-at-top
 
   _VP = _ir.IntType(8).as_pointer()
+  _I64 = _ir.IntType(64)
+  _I32 = _ir.IntType(32)
 
   def _suffix(dt_type):
     """'f32' or 'f64': the symbol suffix of a dtype argument's type."""
     return 'f64' if dt_type.dtype == _types.float64 else 'f32'
-  _I64 = _ir.IntType(64)
-  _I32 = _ir.IntType(32)
 
   @_intrinsic
   def _addr(typingctx, ptr):  # pylint: disable=unused-argument
