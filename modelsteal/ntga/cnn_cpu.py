@@ -243,6 +243,15 @@ def _relu_bwd_zero(ztab, p, jj, bvar, gk_out, gt_out):
   return g_k, gt_out * dot, g_prod
 
 
+@_small
+def _add_into(dst, src):
+  """dst += src for 2-D arrays, as loops numba vectorises (its slice
+  arithmetic does not as well)."""
+  for i in range(dst.shape[0]):
+    for j in range(dst.shape[1]):
+      dst[i, j] += src[i, j]
+
+
 @_jit
 def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
            acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac):
@@ -290,8 +299,11 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
           r1[x, ii, jj] = kr
           t1[x, ii, jj] = k * dot
     for cx in range(w2):
-      hk[cx] = r1[box[2, cx, 0]]
-      ht[cx] = t1[box[2, cx, 0]]
+      x0 = box[2, cx, 0]
+      for ii in range(IT):  # explicit loops: numba's slice assignment
+        for jj in range(jc):  # does not vectorise as well
+          hk[cx, ii, jj] = r1[x0, ii, jj]
+          ht[cx, ii, jj] = t1[x0, ii, jj]
       for x in range(box[2, cx, 0] + 1, box[2, cx, 1]):
         for ii in range(IT):
           for jj in range(jc):
@@ -431,8 +443,11 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
     h1, w1, w2 = hw[0], hw[1], hw[2]
     for y in range(h1):
       o0 = box[0, y, 1] * w2
-      vk[:] = ga[o0:o0 + w2]
-      vt[:] = gt[o0:o0 + w2]
+      for cx in range(w2):
+        for ii in range(IT):
+          for jj in range(jc):
+            vk[cx, ii, jj] = ga[o0 + cx, ii, jj]
+            vt[cx, ii, jj] = gt[o0 + cx, ii, jj]
       for m in range(1, box[0, y, 0]):
         o0 = box[0, y, 1 + m] * w2
         for cx in range(w2):
@@ -442,8 +457,11 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
               vt[cx, ii, jj] += gt[o0 + cx, ii, jj]
       for x in range(w1):
         p = y * w1 + x
-        gsk[:] = vk[box[1, x, 1]]
-        gst[:] = vt[box[1, x, 1]]
+        cx0 = box[1, x, 1]
+        for ii in range(IT):
+          for jj in range(jc):
+            gsk[ii, jj] = vk[cx0, ii, jj]
+            gst[ii, jj] = vt[cx0, ii, jj]
         for m in range(1, box[1, x, 0]):
           cx = box[1, x, 1 + m]
           for ii in range(IT):
@@ -454,11 +472,11 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
           _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow,
                               ztab, gsk, gst, gk, gqa1, gqb1)
           np.dot(gk, BT[c, p], tmp_a)
-          gA[p, i0] += tmp_a
+          _add_into(gA[p, i0], tmp_a)
           rest = zrest[p]
           if need_b and rest == IT:
             np.dot(AT[p, i0], gk, tmp_b)
-            gB[c, p] += tmp_b
+            _add_into(gB[c, p], tmp_b)
           elif need_b and rest:  # zero rows add nothing to B's cotangent
             for ii in range(IT):
               m = zrow[p, ii]
@@ -466,21 +484,21 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
                 ac[m] = A[p, i0, ii]
                 gkc[m] = gk[ii]
             np.dot(ac[:rest].T, gkc[:rest], tmp_b)
-            gB[c, p] += tmp_b
+            _add_into(gB[c, p], tmp_b)
         else:  # the row side's cotangents are not needed
           rest = _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1,
                                      zrow, zq, ztab, gsk, gst, gkc, zsk, zst,
                                      gqb1)
           if need_b and rest == IT:  # gkc's rows are then the tile's
             np.dot(AT[p, i0], gkc, tmp_b)
-            gB[c, p] += tmp_b
+            _add_into(gB[c, p], tmp_b)
           elif need_b and rest:
             for ii in range(IT):
               m = zrow[p, ii]
               if m >= 0:
                 ac[m] = A[p, i0, ii]
             np.dot(ac[:rest].T, gkc[:rest], tmp_b)
-            gB[c, p] += tmp_b
+            _add_into(gB[c, p], tmp_b)
 
 
 @_small
