@@ -18,7 +18,7 @@ Cost, measured on a 2-core CPU (see BUILD_NOTES.md, issues 4 and 11): the
 FNN surrogate takes about 0.5 s per block-iteration, 8 minutes for all of
 MNIST; the CNN surrogate's closed-form kernel (numba loops on a CPU, see
 `modelsteal/ntga/cnn_cpu.py`; the first run compiles them for about a
-minute, cached afterwards) about 2.5 s per block-iteration against 1,000
+minute, cached afterwards) about 2 s per block-iteration against 1,000
 validation images on one core (its XLA version 9 s, neural-tangents' kernel 55 s), so
 `--official` (one gradient per block) against 2,000 validation images poisons
 all of MNIST in about a quarter of an hour. On a GPU (JAX with CUDA; no
