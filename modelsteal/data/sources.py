@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -221,11 +222,31 @@ def _load_offline() -> Dataset:
 
 
 # ------------------------------------------------------------------------ TFDS
+class _DropTfdsWarnings(logging.Filter):
+  """Drops TFDS's own log records (its absl warnings, e.g. "Variant folder
+  ... has no dataset_info.json" when nothing is prepared yet)."""
+
+  def filter(self, record):
+    return 'tensorflow_datasets' not in record.pathname
+
+
 def _tfds_load(name: str, data_dir: str | None, download: bool) -> Dataset:
+  """TFDS's copy of a dataset. Without download it is a probe whose failure
+  the caller handles (falls back, or says what to do): TFDS's warnings
+  about the missing folder would only be noise on a new user's screen."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   info = DATASETS[name]
-  splits = tfds.load(info.tfds_name, split=['train', 'test'], data_dir=data_dir,
-                     batch_size=-1, as_supervised=True, download=download)
+  quiet = None if download else _DropTfdsWarnings()
+  absl_logger = logging.getLogger('absl')
+  if quiet:
+    absl_logger.addFilter(quiet)
+  try:
+    splits = tfds.load(info.tfds_name, split=['train', 'test'],
+                       data_dir=data_dir, batch_size=-1, as_supervised=True,
+                       download=download)
+  finally:
+    if quiet:
+      absl_logger.removeFilter(quiet)
   (xtr, ytr), (xte, yte) = tfds.as_numpy(splits)
   return _make(name, xtr, ytr, xte, yte, source=f'tfds {info.tfds_name}',
                num_classes=info.num_classes)
