@@ -166,3 +166,50 @@ def test_block_kernel_computes_each_pair_once_and_equals_the_full_one(
   fn = kernels.block_kernel_fn(kernels.fnn_ntk)
   xs = jnp.asarray(x[:3], jnp.float32)
   np.testing.assert_array_equal(fn(xs), kernels.fnn_ntk(xs, xs))
+
+
+@_NEEDS_NUMBA
+def test_fused_validation_pass_equals_value_and_grad(monkeypatch):
+  # NTGA's validation part on the CPU kernel runs forward and reverse sweep
+  # of each tile in one pass (`kernels.cnn_val_loss_grad`); it must give
+  # what jax.value_and_grad of the loss gives through the kernel's own
+  # backward pass: 70 rows (tiles of 32, the last partly padding) with
+  # zero windows, weights 0 on some, 150 columns (a partial chunk) with an
+  # identical pair; on 1, 2 and 3 threads (row tiles split between them).
+  rng = np.random.default_rng(21)
+  xv = rng.random((70, 12, 12, 1)) * (rng.random((70, 12, 12, 1)) > 0.4)
+  xv[:, :4] = 0.0
+  xv[3] = 0.0
+  xb = rng.random((150, 12, 12, 1))
+  xb[:, -3:] = 0.0
+  xb[5] = xv[7]
+  alpha = rng.normal(size=(150, 10))
+  yv = np.eye(10)[rng.integers(0, 10, 70)]
+  wv = (np.arange(70) % 9 != 4).astype(float)
+  from modelsteal.ntga import attack  # pylint: disable=g-import-not-at-top
+  with enable_x64():
+    xv, xb, alpha, yv, wv = map(jnp.asarray, (xv, xb, alpha, yv, wv))
+
+    def chunk_loss(b, a):  # as attack._compiled's, on the kernel's backward
+      logits = kernels.cnn_ntk(xv, b, impl='cpu') @ a
+      ok = jnp.argmax(logits, -1) == jnp.argmax(yv, -1)
+      return attack.cross_entropy(logits, yv, wv), jnp.sum(wv * ok)
+
+    (l0, c0), (gx0, ga0) = jax.jit(jax.value_and_grad(
+        chunk_loss, argnums=(0, 1), has_aux=True))(xb, alpha)
+    fused = kernels.fused_val_grad_fn(kernels.cnn_ntk)
+    assert fused is not None
+    for n in (1, 2, 3):
+      monkeypatch.setenv('MODELSTEAL_NTGA_THREADS', str(n))
+      (l1, c1), (gx1, ga1) = jax.jit(fused)(xb, alpha, xv, yv, wv)
+      assert gx1.dtype == jnp.float64
+      np.testing.assert_allclose(l1, l0, rtol=1e-12)
+      assert float(c1) == float(c0)
+      for g, g_ref in ((gx1, gx0), (ga1, ga0)):
+        scale = float(jnp.max(jnp.abs(g_ref)))
+        assert scale > 0
+        np.testing.assert_allclose(g, g_ref, rtol=1e-9, atol=1e-12 * scale)
+  # NTGA uses it for the CPU kernel only
+  assert kernels.fused_val_grad_fn(kernels.fnn_ntk) is None
+  assert kernels.fused_val_grad_fn(
+      functools.partial(kernels.cnn_ntk, impl='xla')) is None

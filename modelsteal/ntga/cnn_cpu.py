@@ -244,6 +244,13 @@ def _relu_bwd_zero(ztab, p, jj, bvar, gk_out, gt_out):
 
 
 @_small
+def _keep(a):
+  """A use of `a` after `_run_jobs`: a buffer the job threads reach by
+  address only must not be freed before they finish."""
+  return a.size
+
+
+@_small
 def _add_into(dst, src):
   """dst += src for 2-D arrays, as loops numba vectorises (its slice
   arithmetic does not as well)."""
@@ -388,7 +395,7 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
                    hw, bvar, cbox, wt, wk, g, need_a, need_b, c, sym,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT):
   """Backward pass of column chunk c; adds into the g* arrays given."""
-  s1, nt, _, f = A.shape
+  s1, nt, _, _ = A.shape
   jc = B.shape[3]
   s2 = qa2.shape[1]
   dt_ = A.dtype
@@ -396,109 +403,234 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
   k1 = np.empty((s1, IT, jc), dt_)
   acc_k = np.empty((s2, IT, jc), dt_)
   acc_t = np.empty((s2, IT, jc), dt_)
-  ga = np.empty((s2, IT, jc), dt_)
-  gt = np.empty((s2, IT, jc), dt_)
   r1 = np.empty((hw[1], IT, jc), dt_)
   t1 = np.empty((hw[1], IT, jc), dt_)
   hk = np.empty((hw[2], IT, jc), dt_)
   ht = np.empty((hw[2], IT, jc), dt_)
-  vk = np.empty((hw[2], IT, jc), dt_)
-  vt = np.empty((hw[2], IT, jc), dt_)
-  gk = np.empty((IT, jc), dt_)
-  gsk = np.empty((IT, jc), dt_)
-  gst = np.empty((IT, jc), dt_)
-  tmp_a = np.empty((IT, f), dt_)
-  tmp_b = np.empty((f, jc), dt_)
   zq, zr, ztab, zrow, zrest, ac = _zero_tables(A, s1, jc)
-  gkc = np.empty((IT, jc), dt_)
-  zsk = np.empty(jc, dt_)
-  zst = np.empty(jc, dt_)
+  scr = _reverse_scratch(A, s2, hw, jc)
   for i0 in range(_row_tiles(nt, c, jc, sym)):
     _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
            acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac)
-    # conv 2's ReLU and the read-out, reversed.
-    for o in range(s2):
+    _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+                   bvar, cbox, wt, wk, g, 0, need_a, need_b, c, i0,
+                   gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT,
+                   k1, acc_k, acc_t, zq, ztab, zrow, zrest, ac, scr)
+
+
+@_inline
+def _reverse_scratch(A, s2, hw, jc):
+  """Work arrays of `_backward_tile`."""
+  dt_ = A.dtype
+  f = A.shape[3]
+  return (np.empty((s2, IT, jc), dt_), np.empty((s2, IT, jc), dt_),
+          np.empty((hw[2], IT, jc), dt_), np.empty((hw[2], IT, jc), dt_),
+          np.empty((IT, jc), dt_), np.empty((IT, jc), dt_),
+          np.empty((IT, jc), dt_), np.empty((IT, f), dt_),
+          np.empty((f, jc), dt_), np.empty((IT, jc), dt_),
+          np.empty(jc, dt_), np.empty(jc, dt_))
+
+
+@_jit
+def _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+                   bvar, cbox, wt, wk, g, g0, need_a, need_b, c, i0,
+                   gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT,
+                   k1, acc_k, acc_t, zq, ztab, zrow, zrest, ac, scr):
+  """The reverse sweep of tile (i0, c) from its forward maps (`_layer1`:
+  k1, acc_k, acc_t and the zero-window tables): the NTK's cotangent of
+  row i is g[i - g0]; adds into the g* arrays given."""
+  ga, gt, vk, vt, gk, gsk, gst, tmp_a, tmp_b, gkc, zsk, zst = scr
+  jc = B.shape[3]
+  s2 = qa2.shape[1]
+  # conv 2's ReLU and the read-out, reversed.
+  for o in range(s2):
+    for ii in range(IT):
+      i = i0 * IT + ii
+      qa = qa2[i, o]
+      ra = ra2[i, o]
+      gq = _const(bvar, 0.0)
+      for jj in range(jc):
+        k2 = cbox * acc_k[o, ii, jj] + bvar
+        t2 = cbox * acc_t[o, ii, jj] + k2
+        prod = qa * qb2[c, o, jj]
+        inv = ra * rb2[c, o, jj]
+        _, dot, sr = _relu(k2, prod, inv)
+        gi = g[i - g0, c * jc + jj]
+        g_k2, g_t2, g_prod = _relu_bwd(k2, t2, prod, inv, dot, sr,
+                                      gi * wk, gi * wt)
+        # t2 = cbox box(t1r) + k2, k2 = cbox box(k1r) + b
+        ga[o, ii, jj] = cbox * (g_k2 + g_t2)
+        gt[o, ii, jj] = cbox * g_t2
+        gq += g_prod * qb2[c, o, jj]
+        gqb2[c, o, jj] += g_prod * qa
+      gqa2[i, o] += gq
+  # the box sum transposed (conv-2 rows, then columns), conv 1's ReLU
+  # reversed, the patch products.
+  h1, w1, w2 = hw[0], hw[1], hw[2]
+  for y in range(h1):
+    o0 = box[0, y, 1] * w2
+    for cx in range(w2):
       for ii in range(IT):
-        i = i0 * IT + ii
-        qa = qa2[i, o]
-        ra = ra2[i, o]
-        gq = _const(bvar, 0.0)
         for jj in range(jc):
-          k2 = cbox * acc_k[o, ii, jj] + bvar
-          t2 = cbox * acc_t[o, ii, jj] + k2
-          prod = qa * qb2[c, o, jj]
-          inv = ra * rb2[c, o, jj]
-          _, dot, sr = _relu(k2, prod, inv)
-          gi = g[i, c * jc + jj]
-          g_k2, g_t2, g_prod = _relu_bwd(k2, t2, prod, inv, dot, sr,
-                                        gi * wk, gi * wt)
-          # t2 = cbox box(t1r) + k2, k2 = cbox box(k1r) + b
-          ga[o, ii, jj] = cbox * (g_k2 + g_t2)
-          gt[o, ii, jj] = cbox * g_t2
-          gq += g_prod * qb2[c, o, jj]
-          gqb2[c, o, jj] += g_prod * qa
-        gqa2[i, o] += gq
-    # the box sum transposed (conv-2 rows, then columns), conv 1's ReLU
-    # reversed, the patch products.
-    h1, w1, w2 = hw[0], hw[1], hw[2]
-    for y in range(h1):
-      o0 = box[0, y, 1] * w2
+          vk[cx, ii, jj] = ga[o0 + cx, ii, jj]
+          vt[cx, ii, jj] = gt[o0 + cx, ii, jj]
+    for m in range(1, box[0, y, 0]):
+      o0 = box[0, y, 1 + m] * w2
       for cx in range(w2):
         for ii in range(IT):
           for jj in range(jc):
-            vk[cx, ii, jj] = ga[o0 + cx, ii, jj]
-            vt[cx, ii, jj] = gt[o0 + cx, ii, jj]
-      for m in range(1, box[0, y, 0]):
-        o0 = box[0, y, 1 + m] * w2
-        for cx in range(w2):
-          for ii in range(IT):
-            for jj in range(jc):
-              vk[cx, ii, jj] += ga[o0 + cx, ii, jj]
-              vt[cx, ii, jj] += gt[o0 + cx, ii, jj]
-      for x in range(w1):
-        p = y * w1 + x
-        cx0 = box[1, x, 1]
+            vk[cx, ii, jj] += ga[o0 + cx, ii, jj]
+            vt[cx, ii, jj] += gt[o0 + cx, ii, jj]
+    for x in range(w1):
+      p = y * w1 + x
+      cx0 = box[1, x, 1]
+      for ii in range(IT):
+        for jj in range(jc):
+          gsk[ii, jj] = vk[cx0, ii, jj]
+          gst[ii, jj] = vt[cx0, ii, jj]
+      for m in range(1, box[1, x, 0]):
+        cx = box[1, x, 1 + m]
         for ii in range(IT):
           for jj in range(jc):
-            gsk[ii, jj] = vk[cx0, ii, jj]
-            gst[ii, jj] = vt[cx0, ii, jj]
-        for m in range(1, box[1, x, 0]):
-          cx = box[1, x, 1 + m]
+            gsk[ii, jj] += vk[cx, ii, jj]
+            gst[ii, jj] += vt[cx, ii, jj]
+      if need_a:
+        _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow,
+                            ztab, gsk, gst, gk, gqa1, gqb1)
+        np.dot(gk, BT[c, p], tmp_a)
+        _add_into(gA[p, i0], tmp_a)
+        rest = zrest[p]
+        if need_b and rest == IT:
+          np.dot(AT[p, i0], gk, tmp_b)
+          _add_into(gB[c, p], tmp_b)
+        elif need_b and rest:  # zero rows add nothing to B's cotangent
           for ii in range(IT):
-            for jj in range(jc):
-              gsk[ii, jj] += vk[cx, ii, jj]
-              gst[ii, jj] += vt[cx, ii, jj]
-        if need_a:
-          _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow,
-                              ztab, gsk, gst, gk, gqa1, gqb1)
-          np.dot(gk, BT[c, p], tmp_a)
-          _add_into(gA[p, i0], tmp_a)
-          rest = zrest[p]
-          if need_b and rest == IT:
-            np.dot(AT[p, i0], gk, tmp_b)
-            _add_into(gB[c, p], tmp_b)
-          elif need_b and rest:  # zero rows add nothing to B's cotangent
-            for ii in range(IT):
-              m = zrow[p, ii]
-              if m >= 0:
-                ac[m] = A[p, i0, ii]
-                gkc[m] = gk[ii]
-            np.dot(ac[:rest].T, gkc[:rest], tmp_b)
-            _add_into(gB[c, p], tmp_b)
-        else:  # the row side's cotangents are not needed
-          rest = _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1,
-                                     zrow, zq, ztab, gsk, gst, gkc, zsk, zst,
-                                     gqb1)
-          if need_b and rest == IT:  # gkc's rows are then the tile's
-            np.dot(AT[p, i0], gkc, tmp_b)
-            _add_into(gB[c, p], tmp_b)
-          elif need_b and rest:
-            for ii in range(IT):
-              m = zrow[p, ii]
-              if m >= 0:
-                ac[m] = A[p, i0, ii]
-            np.dot(ac[:rest].T, gkc[:rest], tmp_b)
-            _add_into(gB[c, p], tmp_b)
+            m = zrow[p, ii]
+            if m >= 0:
+              ac[m] = A[p, i0, ii]
+              gkc[m] = gk[ii]
+          np.dot(ac[:rest].T, gkc[:rest], tmp_b)
+          _add_into(gB[c, p], tmp_b)
+      else:  # the row side's cotangents are not needed
+        rest = _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1,
+                                   zrow, zq, ztab, gsk, gst, gkc, zsk, zst,
+                                   gqb1)
+        if need_b and rest == IT:  # gkc's rows are then the tile's
+          np.dot(AT[p, i0], gkc, tmp_b)
+          _add_into(gB[c, p], tmp_b)
+        elif need_b and rest:
+          for ii in range(IT):
+            m = zrow[p, ii]
+            if m >= 0:
+              ac[m] = A[p, i0, ii]
+          np.dot(ac[:rest].T, gkc[:rest], tmp_b)
+          _add_into(gB[c, p], tmp_b)
+
+
+@_jit
+def _val_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+               bvar, cbox, a_t, a_k, c_0, alpha, yv, wv, t, parts,
+               stats, galpha, gB, gqb1, gqb2, AT):
+  """NTGA's validation part, fused: for the row tiles of thread t of
+  `parts` (contiguous shares), the NTK rows K(x_v, x_b) (all column
+  chunks, their maps kept), the loss sum_i w_i CE(K_i alpha, y_i), its
+  cotangent G = w (softmax - y) alpha^T, and at once the reverse sweep of
+  every tile from the kept maps: no second forward pass. Adds loss and
+  correct count into stats, K^T dlogits into galpha, the column side's
+  cotangents into gB, gqb1, gqb2."""
+  s1, nt, _, _ = A.shape
+  nc, jc = B.shape[0], B.shape[3]
+  s2 = qa2.shape[1]
+  ncls = alpha.shape[1]
+  dt_ = A.dtype
+  wt, wk = a_t / _const(a_t, s2), a_k / _const(a_k, s2)  # not float64
+  kk = np.empty((IT, jc), dt_)
+  k1s = np.empty((nc, s1, IT, jc), dt_)
+  accks = np.empty((nc, s2, IT, jc), dt_)
+  accts = np.empty((nc, s2, IT, jc), dt_)
+  r1 = np.empty((hw[1], IT, jc), dt_)
+  t1 = np.empty((hw[1], IT, jc), dt_)
+  hk = np.empty((hw[2], IT, jc), dt_)
+  ht = np.empty((hw[2], IT, jc), dt_)
+  zqs = np.empty((nc, s1), dt_)
+  zrs = np.empty((nc, s1), dt_)
+  zrs[:] = -1  # no tables yet (see `_zero_tables`)
+  ztabs = np.empty((nc, 6, s1, jc), dt_)
+  zrows = np.zeros((nc, s1, IT), np.int64)
+  zrests = np.zeros((nc, s1), np.int64)
+  ac = np.empty((IT, A.shape[3]), dt_)
+  scr = _reverse_scratch(A, s2, hw, jc)
+  krow = np.empty((IT, nc * jc), dt_)
+  grow = np.empty((IT, nc * jc), dt_)
+  logits = np.empty((IT, ncls), dt_)
+  dlog = np.empty((IT, ncls), dt_)
+  ga_t = np.empty((nc * jc, ncls), dt_)
+  alpha_t = np.ascontiguousarray(alpha.T)
+  sk = np.empty((IT, jc), dt_)
+  st = np.empty((IT, jc), dt_)
+  # the row side is not differentiated: placeholders of the right types
+  gA = np.empty((1, 1, 1, 1), dt_)
+  gqa1 = np.empty((1, 1), dt_)
+  gqa2 = np.empty((nt * IT, s2), dt_)
+  loss = _const(bvar, 0.0)
+  correct = _const(bvar, 0.0)
+  for i0 in range(t * nt // parts, (t + 1) * nt // parts):
+    for c in range(nc):
+      _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1s[c],
+             accks[c], accts[c], r1, t1, hk, ht, zqs[c], zrs[c], ztabs[c],
+             zrows[c], zrests[c], ac)
+      sk[:] = 0
+      st[:] = 0
+      for o in range(s2):
+        for ii in range(IT):
+          qa = qa2[i0 * IT + ii, o]
+          ra = ra2[i0 * IT + ii, o]
+          for jj in range(jc):
+            k2 = cbox * accks[c, o, ii, jj] + bvar
+            t2 = cbox * accts[c, o, ii, jj] + k2
+            kr, dot, _ = _relu(k2, qa * qb2[c, o, jj], ra * rb2[c, o, jj])
+            sk[ii, jj] += kr
+            st[ii, jj] += t2 * dot
+      for ii in range(IT):
+        for jj in range(jc):
+          krow[ii, c * jc + jj] = wt * st[ii, jj] + wk * sk[ii, jj] + c_0
+    # the loss of the tile's rows and its cotangent (attack.cross_entropy)
+    np.dot(krow, alpha, logits)
+    for ii in range(IT):
+      i = i0 * IT + ii
+      w = wv[i]
+      top = logits[ii, 0]
+      arg = 0
+      for k in range(1, ncls):
+        if logits[ii, k] > top:
+          top = logits[ii, k]
+          arg = k
+      ysum = _const(bvar, 0.0)
+      yarg = 0
+      for k in range(ncls):
+        ysum += yv[i, k]
+        if yv[i, k] > yv[i, yarg]:
+          yarg = k
+      z = _const(bvar, 0.0)
+      for k in range(ncls):
+        z += math.exp(logits[ii, k] - top)
+      lz = math.log(z) + top
+      for k in range(ncls):
+        loss -= w * yv[i, k] * (logits[ii, k] - lz)
+        dlog[ii, k] = w * (math.exp(logits[ii, k] - lz) * ysum - yv[i, k])
+      if arg == yarg:
+        correct += w
+    np.dot(krow.T, dlog, ga_t)
+    _add_into(galpha, ga_t)
+    np.dot(dlog, alpha_t, grow)
+    for c in range(nc):
+      _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
+                     bvar, cbox, wt, wk, grow, i0 * IT, False, True, c, i0,
+                     gA, gqa1, gqa2, gB, gqb1, gqb2, AT, AT,
+                     k1s[c], accks[c], accts[c], zqs[c], ztabs[c], zrows[c],
+                     zrests[c], ac, scr)
+  stats[0] += loss
+  stats[1] += correct
 
 
 @_small
@@ -699,17 +831,20 @@ if numba is not None:
 
   @_intrinsic
   def _call_job(typingctx, kind, job, dt_):  # pylint: disable=unused-argument
-    """Calls the job routine of `kind` (0 forward, 1 backward) for dt_'s
+    """Calls the job routine of `kind` (0 forward, 1 backward, 2 the fused
+    validation pass) for dt_'s
     dtype by its symbol name: callers hold only a declaration, not the
     routine's code."""
     def codegen(context, builder, sig, args):
       fty = _ir.FunctionType(_ir.VoidType(), [_VP])
       sfx = _suffix(sig.args[2])
-      fwd, bwd = (_cgutils.get_or_insert_function(
+      fwd, bwd, val = (_cgutils.get_or_insert_function(
           builder.module, fty, f'{_JOB_ROUTINE}{k}_{sfx}')
-                  for k in ('fwd', 'bwd'))
-      hit = builder.icmp_signed('==', args[0], _ir.Constant(_I64, 0))
-      builder.call(builder.select(hit, fwd, bwd), [args[1]])
+                       for k in ('fwd', 'bwd', 'val'))
+      is_fwd = builder.icmp_signed('==', args[0], _ir.Constant(_I64, 0))
+      is_bwd = builder.icmp_signed('==', args[0], _ir.Constant(_I64, 1))
+      routine = builder.select(is_fwd, fwd, builder.select(is_bwd, bwd, val))
+      builder.call(routine, [args[1]])
       return context.get_dummy_value()
     return _types.none(_types.int64, _types.voidptr, dt_), codegen
 
@@ -762,6 +897,28 @@ def _run_backward(ins, out, t, parts, dt_, ga_p, gqa1_p, gqa2_p, at_p,
                   prm[0], prm[1], prm[2], prm[3], g, need_a, need_b,
                   t, parts, d[11] != 0, ga, gqa1, gqa2, gb, gqb1, gqb2, at,
                   bt)
+
+
+@_inline
+def _run_val(ins, t, parts, dt_, st_p, gal_p, gb_p, gqb1_p, gqb2_p, at_p):
+  """The fused validation pass of thread t's row tiles (`_val_range`),
+  into the buffers given."""
+  d, prm, a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw = (
+      _unpack(ins, dt_))
+  s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
+  ncls = d[12]
+  alpha = numba.carray(ins[14], (nc * jc, ncls), dt_)
+  yv = numba.carray(ins[15], (nt * it_, ncls), dt_)
+  wv = numba.carray(ins[16], (nt * it_,), dt_)
+  stats = numba.carray(_voidp(st_p), (2,), dt_)
+  galpha = numba.carray(_voidp(gal_p), (nc * jc, ncls), dt_)
+  gb = numba.carray(_voidp(gb_p), (nc, s1, f, jc), dt_)
+  gqb1 = numba.carray(_voidp(gqb1_p), (nc, s1, jc), dt_)
+  gqb2 = numba.carray(_voidp(gqb2_p), (nc, s2, jc), dt_)
+  at = numba.carray(_voidp(at_p), (s1, nt, f, it_), dt_)
+  _val_range(a, qa1, ra1, qa2, ra2, b, qb1, rb1, qb2, rb2, box, hw,
+             prm[0], prm[1], prm[2], prm[3], prm[4], alpha, yv, wv, t, parts,
+             stats, galpha, gb, gqb1, gqb2, at)
 
 
 @_jit
@@ -853,9 +1010,47 @@ def _backward_cc(out, ins, dt_):
     gqa2 += sq2[t]
 
 
+@_jit
+def _val_cc(out, ins, dt_):
+  """Results: stats [loss, correct], galpha, gB, gqb1, gqb2 (`val_loss_grad`).
+  Threads take contiguous shares of the row tiles, each into buffers of
+  its own (thread 0 into the results), summed at the end."""
+  d = numba.carray(ins[0], (_NDIMS,), np.int32)
+  s1, nt, it_, f, nc, jc, s2 = d[0], d[1], d[2], d[3], d[4], d[5], d[6]
+  ncls = d[12]
+  a = numba.carray(ins[2], (s1, nt, it_, f), dt_)
+  sizes = np.array([2, nc * jc * ncls, nc * s1 * f * jc, nc * s1 * jc,
+                    nc * s2 * jc], np.int64)
+  parts = max(1, min(d[10], nt))
+  # one flat buffer per thread and result; thread 0's are the results
+  bufs = np.zeros((parts - 1, sizes.sum()), dt_)
+  offs = np.zeros(6, np.int64)
+  offs[1:] = np.cumsum(sizes)
+  for k in range(5):
+    numba.carray(out[k], (sizes[k],), dt_)[:] = 0
+  at = np.ascontiguousarray(a.transpose(0, 1, 3, 2))
+  jobs = np.zeros((parts, _JOB), np.int64)
+  for t in range(parts):
+    jobs[t, 0] = 2
+    jobs[t, 1] = _addr(ins)
+    jobs[t, 3], jobs[t, 4] = t, parts
+    for k in range(5):
+      jobs[t, 5 + k] = (_addr(out[k]) if t == 0 else
+                        _addr(bufs[t - 1, offs[k]:].ctypes.data))
+    jobs[t, 10] = _addr(at.ctypes.data)
+  _run_jobs(jobs, dt_)
+  _keep(at)  # the threads reach it by address only: alive until here
+  for t in range(parts - 1):
+    for k in range(5):
+      res = numba.carray(out[k], (sizes[k],), dt_)
+      for e in range(sizes[k]):
+        res[e] += bufs[t, offs[k] + e]
+
+
 @functools.lru_cache(maxsize=None)
-def _job_routines(sfx: str) -> tuple[str, str]:
-  """Compiles (or loads) the forward and backward job routines of one dtype
+def _job_routines(sfx: str) -> tuple[str, ...]:
+  """Compiles (or loads) the forward, backward and fused validation job
+  routines of one dtype
   ('f32' or 'f64') and names them for the JIT linker (`_JOB_ROUTINE`);
   before any code that calls them is compiled or loaded."""
   import llvmlite.binding as llvm  # pylint: disable=g-import-not-at-top
@@ -874,10 +1069,16 @@ def _job_routines(sfx: str) -> tuple[str, str]:
     _run_backward(_voidpp(job[1]), _voidpp(job[2]), job[3], job[4], dt_,
                   job[5], job[6], job[7], job[8], job[9])
 
-  names = (f'{_JOB_ROUTINE}fwd_{sfx}', f'{_JOB_ROUTINE}bwd_{sfx}')
-  for name, fn in zip(names, (fwd, bwd)):
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def val(arg):
+    job = numba.carray(arg, (_JOB,), np.int64)
+    _run_val(_voidpp(job[1]), job[3], job[4], dt_, job[5], job[6], job[7],
+             job[8], job[9], job[10])
+
+  names = tuple(f'{_JOB_ROUTINE}{k}_{sfx}' for k in ('fwd', 'bwd', 'val'))
+  for name, fn in zip(names, (fwd, bwd, val)):
     llvm.add_symbol(name, fn.address)
-  _KEEP.extend((fwd, bwd))
+  _KEEP.extend((fwd, bwd, val))
   return names
 
 
@@ -920,8 +1121,9 @@ def threads() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _targets(dtype_name: str) -> tuple[str, str]:
-  """Registers the XLA custom-call targets (forward, backward) of a dtype.
+def _targets(dtype_name: str) -> tuple[str, str, str]:
+  """Registers the XLA custom-call targets (forward, backward, fused
+  validation pass) of a dtype.
 
   Each is a numba `cfunc` with XLA:CPU's original custom-call ABI,
   `void f(void **out, const void **in)`: inputs are the buffers of the
@@ -947,12 +1149,16 @@ def _targets(dtype_name: str) -> tuple[str, str]:
   def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
     _backward_cc(out, ins, dt_)
 
-  names = (f'modelsteal_cnn_ntk_fwd_{dtype_name}',
-           f'modelsteal_cnn_ntk_bwd_{dtype_name}')
-  for name, fn in zip(names, (fwd_cc, bwd_cc)):
+  @numba.cfunc(types.void(ptrs, ptrs), **_CFUNC_OPTS)
+  def val_cc(out, ins):
+    _val_cc(out, ins, dt_)
+
+  names = tuple(f'modelsteal_cnn_ntk_{k}_{dtype_name}'
+                for k in ('fwd', 'bwd', 'val'))
+  for name, fn in zip(names, (fwd_cc, bwd_cc, val_cc)):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn.ctypes),
                                 platform='cpu', api_version=0)
-  _KEEP.extend((fwd_cc, bwd_cc))  # the compiled code must outlive the call
+  _KEEP.extend((fwd_cc, bwd_cc, val_cc))  # the compiled code must outlive the call
   return names
 
 
@@ -1010,7 +1216,8 @@ def _cols(jnp, p, q1, q2):
   return b, qb1, 1 / jnp.sqrt(qb1), qb2, 1 / jnp.sqrt(qb2)
 
 
-def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0), sym=False):
+def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0), sym=False,
+              ncls=0):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   p1, p2 = f1[0], f2[0]
   dt = p1.dtype
@@ -1021,7 +1228,7 @@ def _operands(f1, f2, w_var, b_var, dense_coeffs, need=(0, 0), sym=False):
   box, hw = _box_tables(h1, w1)
   dims = np.array([h1 * w1, rows[0].shape[1], IT, f, cols[0].shape[0], JC,
                    s2, need[0], need[1], box.shape[1], threads(), int(sym),
-                   0, 0],
+                   ncls, 0],
                   np.int32)
   a_t, a_k, c_0 = dense_coeffs
   prm = np.array([b_var, w_var / 25, a_t, a_k, c_0], dt)
@@ -1036,6 +1243,17 @@ def _sym_missing(n: int) -> np.ndarray:
   return i >= (j // JC + 1) * JC
 
 
+def _col_cotangents(gB, gqb1, gqb2, hw1, hw2, n2):
+  """The column side's cotangents from their chunked layouts (`_cols`) back
+  to the features' (patches, q1, q2)."""
+  s1, f = hw1[0] * hw1[1], gB.shape[2]
+  return (gB.transpose(1, 0, 3, 2).reshape(s1, -1, f)[:, :n2]
+          .reshape(hw1 + (n2, f)),
+          gqb1.transpose(1, 0, 2).reshape(s1, -1)[:, :n2].reshape(hw1 + (n2,)),
+          gqb2.transpose(1, 0, 2).reshape(hw2[0] * hw2[1], -1)[:, :n2]
+          .reshape(hw2 + (n2,)))
+
+
 def forward(f1, f2, w_var, b_var, dense_coeffs, sym=False):
   """NTK (N1, N2) from the features of `kernels._cnn_features` (traceable).
 
@@ -1046,7 +1264,7 @@ def forward(f1, f2, w_var, b_var, dense_coeffs, sym=False):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   n1, n2 = f1[0].shape[2], f2[0].shape[2]
   ops = _operands(f1, f2, w_var, b_var, dense_coeffs, sym=sym)
-  name, _ = _targets(np.dtype(f1[0].dtype).name)
+  name = _targets(np.dtype(f1[0].dtype).name)[0]
   shape = (ops[2].shape[1] * IT, ops[7].shape[0] * JC)
   out, = jax.ffi.ffi_call(
       name, (jax.ShapeDtypeStruct(shape, f1[0].dtype),),
@@ -1073,7 +1291,7 @@ def backward(f1, f2, g, need1, need2, w_var, b_var, dense_coeffs,
     miss = _sym_missing(n1)
     g = jnp.where(miss, 0, g + jnp.where(miss.T, g.T, 0))
   ops = _operands(f1, f2, w_var, b_var, dense_coeffs, (need1, need2), sym)
-  _, name = _targets(np.dtype(p1.dtype).name)
+  name = _targets(np.dtype(p1.dtype).name)[1]
   nt, nc = ops[2].shape[1], ops[7].shape[0]
   gp = jnp.pad(g, ((0, nt * IT - n1), (0, nc * JC - n2)))
   shapes = [ops[i].shape for i in (2, 3, 5, 7, 8, 10)]
@@ -1085,9 +1303,43 @@ def backward(f1, f2, g, need1, need2, w_var, b_var, dense_coeffs,
   g1 = (gA.reshape(s1, -1, f)[:, :n1].reshape(h1, w1, n1, f),
         gqa1[:n1].T.reshape(h1, w1, n1),
         gqa2[:n1].T.reshape(hw2 + (n1,)))
-  g2 = (gB.transpose(1, 0, 3, 2).reshape(s1, -1, f)[:, :n2]
-        .reshape(h1, w1, n2, f),
-        gqb1.transpose(1, 0, 2).reshape(s1, -1)[:, :n2].reshape(h1, w1, n2),
-        gqb2.transpose(1, 0, 2).reshape(hw2[0] * hw2[1], -1)[:, :n2]
-        .reshape(hw2 + (n2,)))
+  g2 = _col_cotangents(gB, gqb1, gqb2, (h1, w1), hw2, n2)
   return g1, g2
+
+
+def val_loss_grad(f1, f2, alpha, y, w, w_var, b_var, dense_coeffs):
+  """NTGA's validation part in one pass: with K = NTK(x1, x2) (N1, N2),
+
+      loss = sum_i w_i CE(K_i alpha, y_i),  correct = sum_i w_i [argmax ok],
+
+  and the cotangents of x2's features and of alpha, each tile's reverse
+  sweep right after its forward maps (the unfused way runs the forward
+  twice: for K, then again inside the backward pass). x1 (the validation
+  images) is not differentiated.
+
+  Args:
+    f1, f2: features (`kernels._cnn_features`) of x1 and x2.
+    alpha: (N2, K) GP weights; y: (N1, K) targets; w: (N1,) row weights.
+
+  Returns:
+    (loss, correct, cotangents of f2, cotangent of alpha (N2, K)).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  p1, p2 = f1[0], f2[0]
+  dt = p1.dtype
+  h1, w1, n1, f = p1.shape
+  n2 = p2.shape[2]
+  ncls = alpha.shape[1]
+  ops = _operands(f1, f2, w_var, b_var, dense_coeffs, (0, 1), ncls=ncls)
+  name = _targets(np.dtype(dt).name)[2]
+  nt, nc = ops[2].shape[1], ops[7].shape[0]
+  alpha_p = jnp.pad(alpha.astype(dt), ((0, nc * JC - n2), (0, 0)))
+  y_p = jnp.pad(y.astype(dt), ((0, nt * IT - n1), (0, 0)))
+  w_p = jnp.pad(w.astype(dt), (0, nt * IT - n1))
+  shapes = [(2,), (nc * JC, ncls)] + [ops[i].shape for i in (7, 8, 10)]
+  stats, g_alpha, gB, gqb1, gqb2 = jax.ffi.ffi_call(
+      name, tuple(jax.ShapeDtypeStruct(s, dt) for s in shapes),
+      custom_call_api_version=1)(*ops, alpha_p, y_p, w_p)
+  g2 = _col_cotangents(gB, gqb1, gqb2, (h1, w1), f1[2].shape[:2], n2)
+  return stats[0], stats[1], g2, g_alpha[:n2]
