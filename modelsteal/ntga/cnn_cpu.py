@@ -11,14 +11,19 @@ in the same loops, and computes a side's patch cotangents only when that
 side is differentiated (the validation images never are). Row images whose
 5x5 window is all zero at a position (56% of an MNIST image's) take their
 maps from a per-column table and skip the patch product (`_zero_rows`). The
-block kernel K(x, x) computes each pair once (`forward(sym=True)`). The column chunks
-of a call are spread over `threads()` POSIX threads (one per available core
-by default, `MODELSTEAL_NTGA_THREADS` to set).
+block kernel K(x, x) computes each pair once (`forward(sym=True)`). NTGA's
+validation part has a fused pass of its own (`val_loss_grad`): per row tile
+the forward maps of all column chunks, the tile's loss and its cotangent,
+then the reverse sweep from the kept maps, so the kernel runs forward once
+instead of twice. The column chunks (row tiles in the fused pass) of a
+call are spread over `threads()` POSIX threads (one per available core by
+default, `MODELSTEAL_NTGA_THREADS` to set).
 
 The maths is `kernels.cnn_ntk`'s (same arcsin, same zero-derivative guard);
 `kernels.cnn_ntk(impl='cpu')` calls into this module as an XLA custom call
-(`forward`, `backward`), and tests/ntga_test.py checks it against the XLA
-version and neural-tangents.
+(`forward`, `backward`, `val_loss_grad`), and tests/ntga_test.py and
+tests/ntga_kernel64_test.py check it against the XLA version, autodiff and
+neural-tangents.
 """
 
 from __future__ import annotations
@@ -923,8 +928,9 @@ def _run_val(ins, t, parts, dt_, st_p, gal_p, gb_p, gqb1_p, gqb2_p, at_p):
 
 @_jit
 def _job(job, dt_):
-  """Runs one job: [kind (0 forward, 1 backward), ins, out, thread t,
-  threads, gA, gqa1, gqa2, AT, BT buffers (backward), ...], through the
+  """Runs one job: [kind (0 forward, 1 backward, 2 fused validation pass),
+  ins, out, thread t, threads, then the buffers: gA, gqa1, gqa2, AT, BT
+  (backward) or stats, galpha, gB, gqb1, gqb2, AT (fused)], through the
   job routine of its kind and dt_ (`_job_routines`)."""
   _call_job(job[0], _voidp(_addr(job.ctypes.data)), dt_)
 
