@@ -250,8 +250,9 @@ def _relu_bwd_zero(ztab, p, jj, bvar, gk_out, gt_out):
 
 @_small
 def _keep(a):
-  """A use of `a` after `_run_jobs`: a buffer the job threads reach by
-  address only must not be freed before they finish."""
+  """A use of `a` after `_run_jobs`: the job threads reach the buffer by
+  address only, so its lifetime is made explicit (numba kept such arrays
+  to the end of the function in a test, but does not promise it)."""
   return a.size
 
 
