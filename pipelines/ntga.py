@@ -66,7 +66,10 @@ _VAL_SIZE = flags.DEFINE_integer(
     'val_size', 10000, 'Validation target: training images held out of the '
     'poisoned set whose surrogate loss the attack maximises. Each gradient '
     'costs time in proportion to it: a smaller target fits a time budget but '
-    'makes the objective noisier (recorded as validation_target).')
+    'makes the objective noisier and the poison weaker (recorded as '
+    'validation_target). Measured, MNIST, CNN surrogate, 10 PGD steps: a CNN '
+    'target trained on the poisoned set reached 9.5% with 10,000, 14.7% with '
+    '5,000 (60 min on 2 CPU cores), 22-24% with 1,000-2,000.')
 _OFFICIAL = flags.DEFINE_bool(
     'official', False, "The official code's procedure instead of PGD: one "
     'gradient at the clean block, one signed step of the full eps '
