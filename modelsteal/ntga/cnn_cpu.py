@@ -331,6 +331,30 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
             acc_t[o0 + cx, ii, jj] += ht[cx, ii, jj]
 
 @_inline
+def _readout(qa2, ra2, qb2, rb2, c, i0, bvar, cbox, wt, wk, c_0, acc_k,
+             acc_t, sk, st, out, r0):
+  """Conv 2's ReLU, the mean over positions and the Dense layers for tile
+  (i0, c) from its box sums (`_layer1`): NTK row i0 * IT + ii, column
+  c * JC + jj into out[r0 + ii, c * JC + jj]."""
+  jc = acc_k.shape[2]
+  sk[:] = 0
+  st[:] = 0
+  for o in range(qa2.shape[1]):
+    for ii in range(IT):
+      qa = qa2[i0 * IT + ii, o]
+      ra = ra2[i0 * IT + ii, o]
+      for jj in range(jc):
+        k2 = cbox * acc_k[o, ii, jj] + bvar
+        t2 = cbox * acc_t[o, ii, jj] + k2
+        kr, dot, _ = _relu(k2, qa * qb2[c, o, jj], ra * rb2[c, o, jj])
+        sk[ii, jj] += kr
+        st[ii, jj] += t2 * dot
+  for ii in range(IT):
+    for jj in range(jc):
+      out[r0 + ii, c * jc + jj] = wt * st[ii, jj] + wk * sk[ii, jj] + c_0
+
+
+@_inline
 def _row_tiles(nt, c, jc, sym):
   """Row tiles computed for column chunk c: all, or (sym) those above the
   chunk's end, so every pair of the block kernel is computed once or, in
@@ -379,21 +403,8 @@ def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
     for i0 in range(_row_tiles(nt, c, jc, sym)):
       _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
              acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac)
-      sk[:] = 0
-      st[:] = 0
-      for o in range(s2):
-        for ii in range(IT):
-          qa = qa2[i0 * IT + ii, o]
-          ra = ra2[i0 * IT + ii, o]
-          for jj in range(jc):
-            k2 = cbox * acc_k[o, ii, jj] + bvar
-            t2 = cbox * acc_t[o, ii, jj] + k2
-            kr, dot, _ = _relu(k2, qa * qb2[c, o, jj], ra * rb2[c, o, jj])
-            sk[ii, jj] += kr
-            st[ii, jj] += t2 * dot
-      for ii in range(IT):
-        for jj in range(jc):
-          out[i0 * IT + ii, c * jc + jj] = wt * st[ii, jj] + wk * sk[ii, jj] + c_0
+      _readout(qa2, ra2, qb2, rb2, c, i0, bvar, cbox, wt, wk, c_0, acc_k,
+               acc_t, sk, st, out, i0 * IT)
   return out
 
 @_jit
@@ -585,21 +596,8 @@ def _val_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
       _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1s[c],
              accks[c], accts[c], r1, t1, hk, ht, zqs[c], zrs[c], ztabs[c],
              zrows[c], zrests[c], ac)
-      sk[:] = 0
-      st[:] = 0
-      for o in range(s2):
-        for ii in range(IT):
-          qa = qa2[i0 * IT + ii, o]
-          ra = ra2[i0 * IT + ii, o]
-          for jj in range(jc):
-            k2 = cbox * accks[c, o, ii, jj] + bvar
-            t2 = cbox * accts[c, o, ii, jj] + k2
-            kr, dot, _ = _relu(k2, qa * qb2[c, o, jj], ra * rb2[c, o, jj])
-            sk[ii, jj] += kr
-            st[ii, jj] += t2 * dot
-      for ii in range(IT):
-        for jj in range(jc):
-          krow[ii, c * jc + jj] = wt * st[ii, jj] + wk * sk[ii, jj] + c_0
+      _readout(qa2, ra2, qb2, rb2, c, i0, bvar, cbox, wt, wk, c_0, accks[c],
+               accts[c], sk, st, krow, 0)
     # the loss of the tile's rows and its cotangent (attack.cross_entropy)
     np.dot(krow, alpha, logits)
     for ii in range(IT):
