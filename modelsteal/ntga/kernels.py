@@ -458,23 +458,33 @@ def cnn_ntk_block(x, w_var: float = W_VAR, b_var: float = B_VAR,
   return cnn_ntk(x, x, w_var, b_var, tile=tile, impl=impl)
 
 
+def _cnn_ntk_keywords(kernel_fn: KernelFn) -> dict | None:
+  """kernel_fn's keywords if it is `cnn_ntk` or a keywords-only
+  `functools.partial` of it; else None."""
+  if kernel_fn is cnn_ntk:
+    return {}
+  if (isinstance(kernel_fn, functools.partial) and kernel_fn.func is cnn_ntk
+      and not kernel_fn.args):
+    return dict(kernel_fn.keywords)
+  return None
+
+
 def block_kernel_fn(kernel_fn: KernelFn) -> Callable:
   """x -> kernel_fn(x, x), through `cnn_ntk_block` where kernel_fn is
   `cnn_ntk` (or a `functools.partial` of it with keywords only)."""
-  if kernel_fn is cnn_ntk:
-    return cnn_ntk_block
-  if (isinstance(kernel_fn, functools.partial) and kernel_fn.func is cnn_ntk
-      and not kernel_fn.args):
-    return functools.partial(cnn_ntk_block, **kernel_fn.keywords)
+  kw = _cnn_ntk_keywords(kernel_fn)
+  if kw is not None:
+    return functools.partial(cnn_ntk_block, **kw) if kw else cnn_ntk_block
   return lambda x: kernel_fn(x, x)
+
 
 def cnn_val_loss_grad(xb, alpha, xv, yv, wv, w_var: float = W_VAR,
                       b_var: float = B_VAR):
   """((loss, correct), (d loss / d xb, d loss / d alpha)) of NTGA's
   validation part, loss = sum_i wv_i CE(cnn_ntk(xv, xb)_i alpha, yv_i), in
   one pass of the CPU kernel (`cnn_cpu.val_loss_grad`): what
-  `jax.value_and_grad` of that loss gives (tests/ntga_test.py), without
-  running the kernel forward twice."""
+  `jax.value_and_grad` of that loss gives (tests/ntga_kernel64_test.py),
+  without running the kernel forward twice."""
   fb, vjp = jax.vjp(lambda x: _cnn_features(x, w_var, b_var), xb)
   fv = _cnn_features(xv, w_var, b_var)
   loss, correct, g_fb, g_alpha = cnn_cpu.val_loss_grad(
@@ -486,13 +496,8 @@ def cnn_val_loss_grad(xb, alpha, xv, yv, wv, w_var: float = W_VAR,
 def fused_val_grad_fn(kernel_fn: KernelFn) -> Callable | None:
   """`cnn_val_loss_grad` where kernel_fn is `cnn_ntk` (or a keywords-only
   `functools.partial` of it) running on the CPU kernel; else None."""
-  kw = {}
-  if (isinstance(kernel_fn, functools.partial) and kernel_fn.func is cnn_ntk
-      and not kernel_fn.args):
-    kw = dict(kernel_fn.keywords)
-  elif kernel_fn is not cnn_ntk:
-    return None
-  if resolve_cnn_impl(kw.pop('impl', 'auto')) != 'cpu':
+  kw = _cnn_ntk_keywords(kernel_fn)
+  if kw is None or resolve_cnn_impl(kw.pop('impl', 'auto')) != 'cpu':
     return None
   kw.pop('tile', None)
   return functools.partial(cnn_val_loss_grad, **kw)
