@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from modelsteal.data import sources
-from modelsteal.ntga import attack, kernels
+from modelsteal.ntga import attack, cpu, kernels
 
 
 def main():
   path = sys.argv[1] if len(sys.argv) > 1 else '../shared/data/mnist/mnist.npz'
   n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
   jax.config.update('jax_default_matmul_precision', 'highest')
+  cpu.keep_freed_memory()  # as pipelines.ntga does
   ds = sources.load_dataset(path)
   xv, yv = ds.x_test[:n_val], ds.y_test[:n_val]
   xb, yb = ds.x_train[:512], ds.y_train[:512]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import resource
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,6 +49,10 @@ _OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing_v2.csv', 'CSV to appen
 _CONFIGURE = flags.DEFINE_bool(
     'configure_cpu', True, 'modelsteal.ntga.cpu.configure() (off: XLA\'s '
     'defaults, one device with a thread pool).')
+_KEEP_MEM = flags.DEFINE_bool(
+    'keep_freed_memory', True, 'modelsteal.ntga.cpu.keep_freed_memory(), as '
+    'pipelines.ntga does (off: glibc\'s defaults, every gradient maps its '
+    'XLA temporaries afresh).')
 _TILE = flags.DEFINE_integer('tile', 0, 'cnn_ntk rows per tile (0: its '
                             'default, sized for a CPU cache).')
 _CNN_IMPL = flags.DEFINE_enum(
@@ -68,6 +73,8 @@ def main(argv):
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
   if _CONFIGURE.value:
     cpu.configure()  # one single-threaded XLA device per available core
+  if _KEEP_MEM.value:
+    cpu.keep_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
   # float32 matrix products in full precision on GPUs too (not TF32)
   jax.config.update('jax_default_matmul_precision', 'highest')
@@ -110,12 +117,16 @@ def main(argv):
     t0 = time.time()
     fn()
     first = time.time() - t0
-    ts, cpu = [], []
+    ts, cpu, sys_s, faults = [], [], [], []
     for _ in range(_REPEATS.value):
+      r0 = resource.getrusage(resource.RUSAGE_SELF)
       t0, c0 = time.time(), time.process_time()
       fn()
       ts.append(time.time() - t0)
       cpu.append(time.process_time() - c0)
+      r1 = resource.getrusage(resource.RUSAGE_SELF)
+      sys_s.append(r1.ru_stime - r0.ru_stime)
+      faults.append(r1.ru_minflt - r0.ru_minflt)
     med, cpu_med = float(np.median(ts)), float(np.median(cpu))
     rows.append((sur, name, 'x'.join(map(str, shape)), n_b, n_val, first, med,
                  cpu_med, 'mnist' if _DATASET.value else 'random',
@@ -124,7 +135,9 @@ def main(argv):
     # the host shows in the wall time only.
     print(f'{sur:4} {name:11} {shape} block {n_b} x val {n_val}: first call '
           f'{first:7.2f}s, then {med:7.3f}s per gradient ({cpu_med:.3f} CPU '
-          f's; all: {" ".join(f"{t:.2f}" for t in ts)})', flush=True)
+          f's; all: {" ".join(f"{t:.2f}" for t in ts)}; system '
+          f'{np.median(sys_s):.3f} s, {int(np.median(faults))} page faults)',
+          flush=True)
 
   for method in _METHODS.value:
     if method == 'naive':

@@ -216,6 +216,7 @@ def main(argv):
   # else: the numba CNN kernel threads itself; XLA's default single device
   # was faster with it, alone and beside other processes (BUILD_NOTES.md,
   # issue 11, "Threads on a shared machine: the CNN kernel").
+  cpu.keep_freed_memory()  # no page faults per gradient (see cpu.py)
   common.run_main(lambda: run(config_from_flags()), 'ntga')
 
 

@@ -215,6 +215,36 @@ def test_poison_pack_round_trip_is_bit_exact(tiny_npz, tmp_path):
                        str(tmp_path / 'x.npz'))
 
 
+def test_keep_freed_memory_stops_page_faults_of_repeated_large_blocks():
+  # An NTGA gradient frees ~110 MB of XLA temporaries at its end; glibc's
+  # default maps blocks that large afresh each time (28,000 page faults per
+  # gradient). Measured in fresh processes: a 64 MB block allocated,
+  # touched and freed, then again; the second time's faults.
+  code = r'''
+import ctypes, resource, sys
+from modelsteal.ntga import cpu
+if sys.argv[1] == '1':
+  assert cpu.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+n = 64 << 20
+for i in range(2):
+  f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  p = libc.malloc(n)
+  ctypes.memset(p, 1, n)
+  libc.free(ctypes.c_void_p(p))
+  print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+'''
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  faults = []
+  for keep in '01':
+    out = subprocess.run([sys.executable, '-c', code, keep], cwd=root,
+                         capture_output=True, text=True, check=True)
+    faults.append(int(out.stdout.split()[1]))
+  assert faults[0] > 8000, faults  # 64 MB of 4 KB pages mapped again
+  assert faults[1] < 100, faults   # the same pages reused
+
+
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
   assert cpu.available_cores() >= 1
