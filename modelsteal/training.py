@@ -36,6 +36,11 @@ class TrainConfig:
   jit_compile: bool | None = None
 
 
+# tf.data autotuning of the training pipeline (see `train_classifier`);
+# benchmarks/epoch_overhead.py turns it on to show what it costs.
+DATA_AUTOTUNE = False
+
+
 # Fields added to TrainConfig after 0.1.0: left out of a recipe's parameters
 # while at their defaults, so runs cached before they existed (a victim
 # trained once) keep their fingerprints.
@@ -140,10 +145,20 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
                     jit_compile=('auto' if config.jit_compile is None else
                                  config.jit_compile))
   augment = translation_augmenter(seed) if config.augment else None
+  # One iterator for the whole fit (the data repeated, `steps_per_epoch`):
+  # Keras restarts a finite dataset's iterator every epoch, which cost a
+  # 2,000-image student a third of its training time on a 2-core CPU. Each
+  # pass over the data is reshuffled; a batch may span two passes.
   ds = make_tf_dataset(x, targets, batch_size, shuffle=True, seed=seed,
-                       augment=augment, repeat=static, drop_remainder=static)
+                       augment=augment, repeat=True, drop_remainder=static)
   if pair_augment is not None:
     ds = ds.map(pair_augment, num_parallel_calls=tf.data.AUTOTUNE)
+  # tf.data's autotuning off: with an iterator still running at the end of
+  # the fit, its optimisation thread held up `fit`'s return for 17-20 s in
+  # about one run of three (BUILD_NOTES issue 9, session 12).
+  options = tf.data.Options()
+  options.autotune.enabled = DATA_AUTOTUNE
+  ds = ds.with_options(options)
   callbacks = list(callbacks)
   if backup_dir:
     callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
@@ -154,7 +169,7 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   try:
     trainer.fit(ds, epochs=config.epochs, verbose=2 if verbose == 2 else 0,
                 callbacks=callbacks, shuffle=False,  # tf.data shuffles
-                steps_per_epoch=steps if static else None)
+                steps_per_epoch=steps)
   except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
           tf.errors.CancelledError, tf.errors.AbortedError) as e:
     if distribute_lib.is_multiworker():
