@@ -1,4 +1,5 @@
-"""XLA:CPU thread settings for NTGA generation on shared machines.
+"""XLA:CPU thread settings for NTGA generation on shared machines (and
+`keep_freed_memory`, glibc's malloc told to reuse what XLA frees).
 
 By default XLA:CPU runs one host device whose large loops and dots are split
 over an Eigen thread pool with a thread per core. `configure()` instead
@@ -74,7 +75,8 @@ def keep_freed_memory() -> bool:
   and frees them at its end; glibc serves blocks that large with a fresh
   mmap, so every gradient faulted 28,000 new pages in (0.06-0.1 s of system
   time per gradient, BUILD_NOTES issue 11, session 12). With the memory
-  kept, later gradients reuse the same pages: 2 page faults. The process
+  kept, later gradients reuse the same pages: 2 page faults, no system
+  time (the wall time moved by less than the machine's drift). The process
   holds on to its peak heap until it exits, which is what a generation run
   wants. Safe to call at any time; a no-op (False) where the C library is
   not glibc.
