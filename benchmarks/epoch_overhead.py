@@ -22,9 +22,11 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import train_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():
@@ -38,14 +40,7 @@ def main():
   import keras  # pylint: disable=g-import-not-at-top
   from modelsteal import training  # pylint: disable=g-import-not-at-top
   from modelsteal.training import TrainConfig, train_classifier  # pylint: disable=g-import-not-at-top
-  if a.npz:
-    with np.load(a.npz) as d:
-      x = (d['x_train'][:a.n].astype(np.float32) / 255.0)[..., None]
-      y = d['y_train'][:a.n].astype(np.int64)
-  else:
-    rng = np.random.default_rng(0)
-    x = rng.random((a.n, 28, 28, 1), np.float32)
-    y = rng.integers(0, 10, a.n)
+  x, y = train_throughput.training_images(a.npz, a.n)
   if a.autotune and hasattr(training, 'DATA_AUTOTUNE'):
     training.DATA_AUTOTUNE = True
 

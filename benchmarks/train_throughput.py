@@ -23,6 +23,17 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 
+def training_images(npz: str | None, n: int):
+  """The first n MNIST training images of an npz, float32 NHWC in [0, 1],
+  and their labels; random arrays without one."""
+  if npz:
+    with np.load(npz) as d:
+      return ((d['x_train'][:n].astype(np.float32) / 255.0)[..., None],
+              d['y_train'][:n].astype(np.int64))
+  rng = np.random.default_rng(0)
+  return rng.random((n, 28, 28, 1), np.float32), rng.integers(0, 10, n)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('npz', nargs='?')
@@ -33,14 +44,7 @@ def main():
   import keras  # pylint: disable=g-import-not-at-top
   import pandas as pd  # pylint: disable=g-import-not-at-top
   from modelsteal.training import TrainConfig, train_classifier  # pylint: disable=g-import-not-at-top
-  if a.npz:
-    with np.load(a.npz) as d:
-      x = (d['x_train'][:a.n].astype(np.float32) / 255.0)[..., None]
-      y = d['y_train'][:a.n].astype(np.int64)
-  else:
-    rng = np.random.default_rng(0)
-    x = rng.random((a.n, 28, 28, 1), np.float32)
-    y = rng.integers(0, 10, a.n)
+  x, y = training_images(a.npz, a.n)
 
   class Clock(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
