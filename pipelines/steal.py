@@ -525,6 +525,9 @@ def config_from_flags() -> StealConfig:
   schedule = tuple(int(b) for b in _SCHEDULE.value)
   rounds = _ROUNDS.value
   if schedule:
+    from modelsteal.attacks.active import round_sizes  # pylint: disable=g-import-not-at-top
+    # its order checked now, before a victim is trained or a budget capped
+    round_sizes(schedule[-1], len(schedule), schedule=schedule)
     if _BUDGETS.value or not flags.FLAGS['budget'].using_default_value:
       if budgets != (schedule[-1],):
         raise ValueError(f'--round_schedule ends at {schedule[-1]}, which is '

@@ -216,6 +216,8 @@ def test_round_schedule_scales_with_a_capped_budget(tiny_npz, tmp_path,
 
 @pytest.mark.parametrize('flags, match', [
     (dict(round_schedule=['50', '20', '90']), 'increasing positive'),
+    # with --smoke the schedule is scaled to the stand-in pool: checked first
+    (dict(round_schedule=['2000', '1000'], smoke=True), 'increasing positive'),
     (dict(round_schedule=['20', '50', '90'], rounds=5), 'leave --rounds out'),
     (dict(round_schedule=['20', '50', '80']), 'leave --budget'),
     (dict(round_schedule=['20', 'x']), 'must be integers'),
