@@ -24,6 +24,8 @@ NTGA = [
     # cnn_ntk's CPU kernel (modelsteal/ntga/cnn_cpu.py); without it the
     # XLA version runs, 2.6x slower on a CPU.
     'numba>=0.60',
+    # one BLAS thread for jaxlib's eigh (modelsteal/ntga/cpu.py)
+    'threadpoolctl>=3.1',
 ]
 SERVE = ['aiohttp>=3.9', 'requests>=2.31',
          'orjson>=3.9']  # optional speed-up of JSON; json is the fallback

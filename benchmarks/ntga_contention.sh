@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
 # Issue 11: NTGA gradient time alone and with one of the two cores taken by
-# another process, with XLA's default threading and with
-# modelsteal.ntga.cpu.configure() (one single-threaded device per core).
+# another process, per thread setting:
+#   xla            XLA's defaults (one device, Eigen pool), BLAS's own threads
+#   configured     modelsteal.ntga.cpu.configure(), BLAS's own threads
+#                  (the FNN default until session 13)
+#   xla+blas1      XLA's defaults, one BLAS thread (cpu.limit_blas_threads)
+#   configured+blas1   both (pipelines.ntga's FNN default since session 13)
 #
 #   bash benchmarks/ntga_contention.sh            (FNN, 10,000 validation images)
 #   SUR=cnn NVAL=1000 bash benchmarks/ntga_contention.sh
+#   SETTINGS="configured configured+blas1" bash benchmarks/ntga_contention.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUR=${SUR:-fnn}
 NVAL=${NVAL:-10000}
 OUT=${OUT:-bench_runs/ntga_contention.csv}
-run() {  # label, extra flags
-  echo "== $1"
+SETTINGS=${SETTINGS:-xla configured xla+blas1 configured+blas1}
+flags_of() {
+  case "$1" in
+    xla) echo --noconfigure_cpu --blas_threads=0 ;;
+    configured) echo --configure_cpu --blas_threads=0 ;;
+    xla+blas1) echo --noconfigure_cpu --blas_threads=1 ;;
+    configured+blas1) echo --configure_cpu --blas_threads=1 ;;
+    *) echo "unknown setting $1" >&2; exit 2 ;;
+  esac
+}
+run() {  # label, setting
+  # shellcheck disable=SC2046
+  printf '%-40s ' "$1, $2"
   python benchmarks/ntga_timing.py --surrogate="$SUR" --n_val="$NVAL" \
-      --methods=ours --repeats=3 --out="$OUT" "${@:2}" 2>&1 | grep "per gradient"
+      --methods=ours --repeats=3 --out="$OUT" $(flags_of "$2") 2>&1 |
+      grep "per gradient" | sed 's/.*then *//'
 }
 busy() { taskset -c 0 sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!; }
-if [[ "${SKIP_ALONE:-0}" != 1 ]]; then
-  run "xla default, alone" --noconfigure_cpu
-  run "configured, alone"
-fi
-B=$(busy); run "xla default, core 0 busy" --noconfigure_cpu; kill "$B"
-B=$(busy); run "configured, core 0 busy"; kill "$B"
 # Another XLA process with its default thread pool (one thread per core) as
 # the neighbour: what a second experiment or a test run on the machine does.
 neighbour() {
@@ -29,5 +40,11 @@ neighbour() {
 x = jnp.ones((1500, 1500))
 while True: (x @ x).block_until_ready()" >/dev/null 2>&1 & echo $!
 }
-B=$(neighbour); sleep 5; run "xla default, XLA neighbour" --noconfigure_cpu; kill "$B"
-B=$(neighbour); sleep 5; run "configured, XLA neighbour"; kill "$B"
+for s in $SETTINGS; do flags_of "$s" >/dev/null; done  # fail early
+if [[ "${SKIP_ALONE:-0}" != 1 ]]; then
+  for s in $SETTINGS; do run alone "$s"; done
+fi
+for s in $SETTINGS; do B=$(busy); run "core 0 busy" "$s"; kill "$B"; done
+for s in $SETTINGS; do
+  B=$(neighbour); sleep 5; run "XLA neighbour" "$s"; kill "$B"
+done

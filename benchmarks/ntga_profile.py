@@ -29,6 +29,7 @@ def main():
   n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
   jax.config.update('jax_default_matmul_precision', 'highest')
   cpu.keep_freed_memory()  # as pipelines.ntga does
+  cpu.limit_blas_threads(1)  # as pipelines.ntga does
   ds = sources.load_dataset(path)
   xv, yv = ds.x_test[:n_val], ds.y_test[:n_val]
   xb, yb = ds.x_train[:512], ds.y_train[:512]

@@ -49,6 +49,17 @@ _OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing_v2.csv', 'CSV to appen
 _CONFIGURE = flags.DEFINE_bool(
     'configure_cpu', True, 'modelsteal.ntga.cpu.configure() (off: XLA\'s '
     'defaults, one device with a thread pool).')
+_DEVICES = flags.DEFINE_integer(
+    'devices', 0, 'With --configure_cpu: single-threaded host devices (0: '
+    'one per available core, as configure() does by default).')
+_THREADS = flags.DEFINE_bool(
+    'thread_stats', False, 'Per timed call, the threads\' on-CPU and '
+    'run-queue waiting seconds (/proc/self/task/*/schedstat): whether a slow '
+    'call was starved (waiting) or busy (spinning).')
+_BLAS = flags.DEFINE_integer(
+    'blas_threads', 1, 'modelsteal.ntga.cpu.limit_blas_threads(N), as '
+    'pipelines.ntga does (0: the BLAS libraries\' defaults, a spinning '
+    'thread per core for jaxlib\'s eigh).')
 _KEEP_MEM = flags.DEFINE_bool(
     'keep_freed_memory', True, 'modelsteal.ntga.cpu.keep_freed_memory(), as '
     'pipelines.ntga does (off: glibc\'s defaults, every gradient maps its '
@@ -72,9 +83,11 @@ def main(argv):
   del argv
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
   if _CONFIGURE.value:
-    cpu.configure()  # one single-threaded XLA device per available core
+    cpu.configure(_DEVICES.value or None)  # single-threaded XLA devices
   if _KEEP_MEM.value:
     cpu.keep_freed_memory()
+  if _BLAS.value:
+    cpu.limit_blas_threads(_BLAS.value)
   import jax  # pylint: disable=g-import-not-at-top
   # float32 matrix products in full precision on GPUs too (not TF32)
   jax.config.update('jax_default_matmul_precision', 'highest')
@@ -113,6 +126,30 @@ def main(argv):
   bs = _VAL_BATCH.value or kernels.get_surrogate(sur, 10).val_batch_size
   rows = []
 
+  def schedstat():
+    """{thread id: (on-CPU ns, run-queue wait ns, name)} of this process."""
+    out = {}
+    for tid in os.listdir('/proc/self/task'):
+      try:
+        with open(f'/proc/self/task/{tid}/schedstat') as f:
+          run, wait, _ = f.read().split()
+        with open(f'/proc/self/task/{tid}/comm') as f:
+          name = f.read().strip()
+        out[tid] = (int(run), int(wait), name)
+      except (OSError, ValueError):
+        pass
+    return out
+
+  def thread_report(s0, s1, wall):
+    d = sorted(((s1[t][0] - s0.get(t, (0, 0))[0]) / 1e9,
+                (s1[t][1] - s0.get(t, (0, 0))[1]) / 1e9, s1[t][2]) for t in s1)
+    busy = [x for x in d if x[0] + x[1] > 0.01 * wall]
+    return (f'    wall {wall:.2f}s: {len(busy)} threads ran; on-CPU '
+            f'{sum(x[0] for x in d):.2f}s, waiting {sum(x[1] for x in d):.2f}s;'
+            ' per thread (name cpu/wait): ' +
+            ' '.join(f'{n} {r:.2f}/{w:.2f}'
+                     for r, w, n in sorted(busy, reverse=True)))
+
   def timed(name, fn):
     t0 = time.time()
     fn()
@@ -120,9 +157,12 @@ def main(argv):
     ts, cpu, sys_s, faults = [], [], [], []
     for _ in range(_REPEATS.value):
       r0 = resource.getrusage(resource.RUSAGE_SELF)
+      s0 = schedstat() if _THREADS.value else None
       t0, c0 = time.time(), time.process_time()
       fn()
       ts.append(time.time() - t0)
+      if s0 is not None:
+        print(thread_report(s0, schedstat(), ts[-1]), flush=True)
       cpu.append(time.process_time() - c0)
       r1 = resource.getrusage(resource.RUSAGE_SELF)
       sys_s.append(r1.ru_stime - r0.ru_stime)

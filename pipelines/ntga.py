@@ -217,6 +217,9 @@ def main(argv):
   # was faster with it, alone and beside other processes (BUILD_NOTES.md,
   # issue 11, "Threads on a shared machine: the CNN kernel").
   cpu.keep_freed_memory()  # no page faults per gradient (see cpu.py)
+  # one BLAS thread for jaxlib's eigh: OpenBLAS's spinning pool made
+  # gradients 3-8x slower beside another process (see cpu.py)
+  cpu.limit_blas_threads(1)
   common.run_main(lambda: run(config_from_flags()), 'ntga')
 
 

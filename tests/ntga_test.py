@@ -245,6 +245,30 @@ for i in range(2):
   assert faults[1] < 100, faults   # the same pages reused
 
 
+def test_limit_blas_threads_reaches_the_lapack_that_jax_loads_later():
+  # jaxlib's CPU eigh loads scipy's OpenBLAS at its first call, after the
+  # pipeline's start-up; its threads (one per core, spinning between calls)
+  # made NTGA gradients 3-8x slower beside another process. In a fresh
+  # process: the limit is set first, then JAX's eigh loads the library.
+  code = r'''
+import os
+os.environ.pop('OPENBLAS_NUM_THREADS', None)
+from modelsteal.ntga import cpu
+cpu.limit_blas_threads(1)
+import jax.numpy as jnp, threadpoolctl
+jnp.linalg.eigh(jnp.eye(8)).eigenvalues.block_until_ready()
+blas = [i for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']
+print(sorted(i['prefix'] for i in blas), [i['num_threads'] for i in blas])
+'''
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if not k.endswith('_NUM_THREADS')}
+  out = subprocess.run([sys.executable, '-c', code], cwd=root, env=env,
+                       capture_output=True, text=True, check=True)
+  prefixes, threads = out.stdout.strip().rsplit(' [', 1)
+  assert 'libscipy_openblas' in prefixes, out.stdout  # jaxlib's LAPACK
+  assert set(threads.rstrip(']').split(', ')) == {'1'}, out.stdout
+
+
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):
   from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
   assert cpu.available_cores() >= 1

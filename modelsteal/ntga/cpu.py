@@ -1,5 +1,7 @@
-"""XLA:CPU thread settings for NTGA generation on shared machines (and
-`keep_freed_memory`, glibc's malloc told to reuse what XLA frees).
+"""XLA:CPU thread settings for NTGA generation on shared machines,
+`limit_blas_threads` (one BLAS thread for jaxlib's eigh: the cure for the
+3-8x slow gradients beside another process) and `keep_freed_memory`
+(glibc's malloc told to reuse what XLA frees).
 
 By default XLA:CPU runs one host device whose large loops and dots are split
 over an Eigen thread pool with a thread per core. `configure()` instead
@@ -59,6 +61,30 @@ def configure(devices: int | None = None) -> str | None:
   flags += [f'{k}={v}' for k, v in wanted.items() if k not in have]
   os.environ['XLA_FLAGS'] = ' '.join(flags)
   return os.environ['XLA_FLAGS']
+
+
+def limit_blas_threads(threads: int = 1) -> int:
+  """Limits the BLAS libraries' thread pools (OpenBLAS, MKL, BLIS) to
+  `threads`, in this process, now and for those loaded later.
+
+  jaxlib's CPU eigh (the GP weights of every NTGA gradient) calls scipy's
+  bundled OpenBLAS, which starts a thread per core; after each call those
+  threads spin, waiting for more work. perf on an NTGA-FNN gradient loop
+  (both cores): OpenBLAS's `blas_thread_server` took 14% of the samples,
+  about 0.18 CPU s per 0.63 s gradient, competing with XLA's own threads
+  for the two cores; with one BLAS thread the gradient took 0.50 s
+  (BUILD_NOTES issue 11, session 13). The 512x512 eigh gains nothing from
+  more threads. Returns the number of BLAS libraries limited now (0 where
+  none is loaded yet: the environment variables still apply to them).
+  """
+  for var in ('OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'BLIS_NUM_THREADS'):
+    os.environ.setdefault(var, str(threads))
+  try:
+    import threadpoolctl  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return 0
+  threadpoolctl.threadpool_limits(limits=threads, user_api='blas')
+  return sum(i['user_api'] == 'blas' for i in threadpoolctl.threadpool_info())
 
 
 # glibc's mallopt parameters (malloc.h)
