@@ -56,6 +56,10 @@ _THREADS = flags.DEFINE_bool(
     'thread_stats', False, 'Per timed call, the threads\' on-CPU and '
     'run-queue waiting seconds (/proc/self/task/*/schedstat): whether a slow '
     'call was starved (waiting) or busy (spinning).')
+_ARENAS = flags.DEFINE_integer(
+    'malloc_arenas', 1, 'With --keep_freed_memory: glibc malloc arenas '
+    '(0: glibc\'s default, 8 per core; every new kernel thread then gets a '
+    'fresh arena).')
 _BLAS = flags.DEFINE_integer(
     'blas_threads', 1, 'modelsteal.ntga.cpu.limit_blas_threads(N), as '
     'pipelines.ntga does (0: the BLAS libraries\' defaults, a spinning '
@@ -85,7 +89,7 @@ def main(argv):
   if _CONFIGURE.value:
     cpu.configure(_DEVICES.value or None)  # single-threaded XLA devices
   if _KEEP_MEM.value:
-    cpu.keep_freed_memory()
+    cpu.keep_freed_memory(_ARENAS.value or None)
   if _BLAS.value:
     cpu.limit_blas_threads(_BLAS.value)
   import jax  # pylint: disable=g-import-not-at-top

@@ -90,9 +90,10 @@ def limit_blas_threads(threads: int = 1) -> int:
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(arenas: int | None = 1) -> bool:
   """Makes glibc's malloc keep freed memory for reuse instead of handing it
   back to the kernel (no mmap for large blocks, no trimming of the heap).
 
@@ -106,6 +107,14 @@ def keep_freed_memory() -> bool:
   holds on to its peak heap until it exits, which is what a generation run
   wants. Safe to call at any time; a no-op (False) where the C library is
   not glibc.
+
+  `arenas` caps glibc's malloc arenas (None: glibc's default, up to 8 per
+  core). The numba CNN kernel starts its threads afresh in every call, and
+  glibc gives new threads arenas of their own, whose heaps it maps and
+  trims apart from the main one: on both cores a gradient still faulted
+  35,000 pages with the settings above. With one arena, memory one thread
+  frees is what the next one gets (0 faults; BUILD_NOTES issue 11, session
+  13). Call it before other threads start: arenas already handed out stay.
   """
   name = ctypes.util.find_library('c')
   if not name:
@@ -118,5 +127,8 @@ def keep_freed_memory() -> bool:
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   # trim threshold: the largest int (freed memory is never returned)
-  return bool(mallopt(_M_MMAP_MAX, 0) and
-              mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+  ok = bool(mallopt(_M_MMAP_MAX, 0) and
+            mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+  if arenas:
+    ok = bool(mallopt(_M_ARENA_MAX, arenas)) and ok
+  return ok
