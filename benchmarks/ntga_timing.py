@@ -45,7 +45,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per method.')
 _METHODS = flags.DEFINE_list('methods', ['naive', 'nt+blocked', 'ours'],
                              'Methods to time.')
 _VAL_BATCH = flags.DEFINE_integer('val_batch_size', 0, '0: surrogate default.')
-_OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing_v2.csv', 'CSV to append (v2: with CPU seconds, images, perturb, batch).')
+_OUT = flags.DEFINE_string('out', 'bench_runs/ntga_timing_v3.csv', 'CSV to append (v3: with CPU seconds, images, perturb, batch, thread and malloc settings).')
 _CONFIGURE = flags.DEFINE_bool(
     'configure_cpu', True, 'modelsteal.ntga.cpu.configure() (off: XLA\'s '
     'defaults, one device with a thread pool).')
@@ -55,7 +55,8 @@ _DEVICES = flags.DEFINE_integer(
 _THREADS = flags.DEFINE_bool(
     'thread_stats', False, 'Per timed call, the threads\' on-CPU and '
     'run-queue waiting seconds (/proc/self/task/*/schedstat): whether a slow '
-    'call was starved (waiting) or busy (spinning).')
+    'call was starved (waiting) or busy (spinning). Threads that ended '
+    'within the call (the numba CNN kernel\'s) are not seen.')
 _ARENAS = flags.DEFINE_integer(
     'malloc_arenas', 1, 'With --keep_freed_memory: glibc malloc arenas '
     '(0: glibc\'s default, 8 per core; every new kernel thread then gets a '
@@ -165,10 +166,10 @@ def main(argv):
       t0, c0 = time.time(), time.process_time()
       fn()
       ts.append(time.time() - t0)
-      if s0 is not None:
-        print(thread_report(s0, schedstat(), ts[-1]), flush=True)
       cpu.append(time.process_time() - c0)
       r1 = resource.getrusage(resource.RUSAGE_SELF)
+      if s0 is not None:  # after the readings above: /proc reads cost too
+        print(thread_report(s0, schedstat(), ts[-1]), flush=True)
       sys_s.append(r1.ru_stime - r0.ru_stime)
       faults.append(r1.ru_minflt - r0.ru_minflt)
     med, cpu_med = float(np.median(ts)), float(np.median(cpu))
@@ -221,10 +222,12 @@ def main(argv):
     if new:
       f.write('surrogate,method,shape,block,n_val,first_call_s,'
               'seconds_per_gradient,cpu_seconds_per_gradient,images,perturb,'
-              'val_batch_size,devices\n')
+              'val_batch_size,devices,configure_cpu,blas_threads,'
+              'keep_freed_memory,malloc_arenas\n')
     for r in rows:
       f.write(','.join(str(v) for v in r) + f',{len(jax.devices())}x'
-              f'{jax.devices()[0].device_kind}\n')
+              f'{jax.devices()[0].device_kind},{_CONFIGURE.value},'
+              f'{_BLAS.value},{_KEEP_MEM.value},{_ARENAS.value}\n')
   print(f'appended to {_OUT.value}')
 
 

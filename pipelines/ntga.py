@@ -206,9 +206,14 @@ def config_from_flags() -> NtgaConfig:
       smoke=common.SMOKE.value)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+# Process-wide settings (XLA's devices, malloc, BLAS threads) are made only
+# where this module owns the process (`python -m pipelines.ntga`), not where
+# a caller runs `main` in its own process (the tests, a notebook).
+_OWNS_PROCESS = False
+
+
+def tune_process():
+  """The generation process's settings (modelsteal/ntga/cpu.py)."""
   from modelsteal.ntga import cnn_cpu, cpu  # pylint: disable=g-import-not-at-top
   if not (_SURROGATE.value == 'cnn' and _KERNEL_IMPL.value == 'closed_form'
           and cnn_cpu.available()):
@@ -220,8 +225,16 @@ def main(argv):
   # one BLAS thread for jaxlib's eigh: OpenBLAS's spinning pool made
   # gradients 3-8x slower beside another process (see cpu.py)
   cpu.limit_blas_threads(1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _OWNS_PROCESS:
+    tune_process()
   common.run_main(lambda: run(config_from_flags()), 'ntga')
 
 
 if __name__ == '__main__':
+  _OWNS_PROCESS = True
   app.run(main)

@@ -245,28 +245,67 @@ for i in range(2):
   assert faults[1] < 100, faults   # the same pages reused
 
 
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason='OpenBLAS starts one thread per available core: on one core it '
+    'has one thread with or without the limit, so the test could not fail')
 def test_limit_blas_threads_reaches_the_lapack_that_jax_loads_later():
   # jaxlib's CPU eigh loads scipy's OpenBLAS at its first call, after the
   # pipeline's start-up; its threads (one per core, spinning between calls)
-  # made NTGA gradients 3-8x slower beside another process. In a fresh
-  # process: the limit is set first, then JAX's eigh loads the library.
+  # made NTGA gradients 3-8x slower beside another process. In fresh
+  # processes: the limit is set first (or not), then JAX's eigh loads the
+  # library; the BLAS libraries that appeared with the eigh, and their
+  # threads.
   code = r'''
-import os
-os.environ.pop('OPENBLAS_NUM_THREADS', None)
+import json, sys
 from modelsteal.ntga import cpu
-cpu.limit_blas_threads(1)
+if sys.argv[1] == '1':
+  cpu.limit_blas_threads(1)
 import jax.numpy as jnp, threadpoolctl
+def blas():
+  return {i['filepath']: i['num_threads'] for i in
+          threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}
+before = blas()
 jnp.linalg.eigh(jnp.eye(8)).eigenvalues.block_until_ready()
-blas = [i for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']
-print(sorted(i['prefix'] for i in blas), [i['num_threads'] for i in blas])
+print(json.dumps({'new': {k: v for k, v in blas().items() if k not in before},
+                  'all': blas()}))
 '''
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.endswith('_NUM_THREADS')}
+  env['JAX_PLATFORMS'] = 'cpu'  # the CPU eigh, also where a GPU is
+  seen = []
+  for limit in '01':
+    out = subprocess.run([sys.executable, '-c', code, limit], cwd=root,
+                         env=env, capture_output=True, text=True, check=True)
+    seen.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  default, limited = seen
+  assert default['new'], default  # the eigh loaded a BLAS (scipy's)
+  assert max(default['new'].values()) >= 2, default  # one thread per core
+  assert limited['new'] and set(limited['new'].values()) == {1}, limited
+  assert set(limited['all'].values()) == {1}, limited
+
+
+def test_pipeline_tunes_only_a_process_of_its_own():
+  # `python -m pipelines.ntga` sets process-wide things (BLAS threads,
+  # malloc arenas); `main` called in another process (tests, notebooks)
+  # must not: one malloc arena would slow TensorFlow training after it.
+  from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
+  assert not ntga_pipeline._OWNS_PROCESS  # pylint: disable=protected-access
+  code = r'''
+import os
+from absl import flags
+from pipelines import ntga
+flags.FLAGS(['ntga', '--surrogate=fnn'])
+ntga.tune_process()
+print(os.environ['OPENBLAS_NUM_THREADS'], os.environ['XLA_FLAGS'])
+'''
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items()
+         if not k.endswith('_NUM_THREADS') and k != 'XLA_FLAGS'}
   out = subprocess.run([sys.executable, '-c', code], cwd=root, env=env,
                        capture_output=True, text=True, check=True)
-  prefixes, threads = out.stdout.strip().rsplit(' [', 1)
-  assert 'libscipy_openblas' in prefixes, out.stdout  # jaxlib's LAPACK
-  assert set(threads.rstrip(']').split(', ')) == {'1'}, out.stdout
+  assert out.stdout.startswith('1 '), out.stdout
+  assert '--xla_force_host_platform_device_count=' in out.stdout
 
 
 def test_cpu_configure_sets_one_single_threaded_device_per_core(monkeypatch):
@@ -597,9 +636,13 @@ def test_pipeline_smoke_export_and_reuse(tiny_npz, tmp_path, capsys):
   from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / 'runs')
   npz = str(tmp_path / 'out' / 'poisoned.npz')
+  blas_env = os.environ.get('OPENBLAS_NUM_THREADS')
   with flagsaver.flagsaver(dataset=tiny_npz, workdir=wd, smoke=True,
                            export_npz=npz, surrogate='fnn'):
     ntga_pipeline.main(['ntga'])
+  # main in a process not its own leaves its settings alone (see
+  # test_pipeline_tunes_only_a_process_of_its_own)
+  assert os.environ.get('OPENBLAS_NUM_THREADS') == blas_env
   out = capsys.readouterr().out
   assert 'poisoned:' in out and 'execution.json' in out and npz in out
   with np.load(npz) as z:

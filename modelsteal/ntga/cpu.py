@@ -12,9 +12,12 @@ devices: the work is split once per call rather than inside every operation.
 (Measured later, BUILD_NOTES issue 11, session 5: JAX 0.5.3 ran the host
 devices' programs one after the other, so this split gives no parallelism
 on a CPU; the settings are kept for their shared-machine figures below.)
-Measured (BUILD_NOTES.md, issue 11, `benchmarks/ntga_contention.sh`): with
-another XLA process on the machine an NTGA-FNN gradient slows 1.9x this way.
-Adding `intra_op_parallelism_threads=1` made that 19x, so it is not set.
+Measured (BUILD_NOTES.md, issue 11, `benchmarks/ntga_contention.sh`): the
+slowdowns beside another process (up to 4-8x in single calls, with either
+thread setting) came from the BLAS threads of jaxlib's eigh, not from XLA's
+threads: with `limit_blas_threads(1)` an NTGA-FNN gradient slowed 1.1-1.6x
+beside another XLA process (session 13). Adding
+`intra_op_parallelism_threads=1` made it 19x, so it is not set.
 
 It must run before JAX creates its CPU backend (first `jax.devices()` or
 computation); `pipelines.ntga` (except with the numba CNN kernel, which
@@ -74,11 +77,22 @@ def limit_blas_threads(threads: int = 1) -> int:
   about 0.18 CPU s per 0.63 s gradient, competing with XLA's own threads
   for the two cores; with one BLAS thread the gradient took 0.50 s
   (BUILD_NOTES issue 11, session 13). The 512x512 eigh gains nothing from
-  more threads. Returns the number of BLAS libraries limited now (0 where
-  none is loaded yet: the environment variables still apply to them).
+  more threads.
+
+  Libraries already loaded are limited through threadpoolctl (where it is
+  installed; the `ntga` extra brings it), later ones through
+  OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and BLIS_NUM_THREADS. Where the
+  user set any of those variables, the user's choice wins: nothing is
+  changed. Process-wide: for a process that does NTGA generation only
+  (`python -m pipelines.ntga`). Returns the number of BLAS libraries
+  limited now (0 where none is loaded yet, threadpoolctl is missing, or
+  the user chose).
   """
-  for var in ('OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'BLIS_NUM_THREADS'):
-    os.environ.setdefault(var, str(threads))
+  names = ('OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'BLIS_NUM_THREADS')
+  if any(v in os.environ for v in names):
+    return 0
+  for var in names:
+    os.environ[var] = str(threads)
   try:
     import threadpoolctl  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -115,6 +129,9 @@ def keep_freed_memory(arenas: int | None = 1) -> bool:
   35,000 pages with the settings above. With one arena, memory one thread
   frees is what the next one gets (0 faults; BUILD_NOTES issue 11, session
   13). Call it before other threads start: arenas already handed out stay.
+  Process-wide, like the rest: meant for a process that does NTGA
+  generation only (`python -m pipelines.ntga`); one arena would make many
+  threads that allocate at once (TensorFlow training) wait on one lock.
   """
   name = ctypes.util.find_library('c')
   if not name:
