@@ -51,7 +51,7 @@ _CONFIGURE = flags.DEFINE_bool(
     'defaults, one device with a thread pool).')
 _DEVICES = flags.DEFINE_integer(
     'devices', 0, 'With --configure_cpu: single-threaded host devices (0: '
-    'one per available core, as configure() does by default).')
+    'one per available core, as configure() does by default).', lower_bound=0)
 _THREADS = flags.DEFINE_bool(
     'thread_stats', False, 'Per timed call, the threads\' on-CPU and '
     'run-queue waiting seconds (/proc/self/task/*/schedstat): whether a slow '
@@ -60,11 +60,11 @@ _THREADS = flags.DEFINE_bool(
 _ARENAS = flags.DEFINE_integer(
     'malloc_arenas', 1, 'With --keep_freed_memory: glibc malloc arenas '
     '(0: glibc\'s default, 8 per core; every new kernel thread then gets a '
-    'fresh arena).')
+    'fresh arena).', lower_bound=0)
 _BLAS = flags.DEFINE_integer(
     'blas_threads', 1, 'modelsteal.ntga.cpu.limit_blas_threads(N), as '
     'pipelines.ntga does (0: the BLAS libraries\' defaults, a spinning '
-    'thread per core for jaxlib\'s eigh).')
+    'thread per core for jaxlib\'s eigh).', lower_bound=0)
 _KEEP_MEM = flags.DEFINE_bool(
     'keep_freed_memory', True, 'modelsteal.ntga.cpu.keep_freed_memory(), as '
     'pipelines.ntga does (off: glibc\'s defaults, every gradient maps its '
