@@ -7,7 +7,8 @@
 #   VAL=10000 SAMPLE=1000 bash benchmarks/ntga_cnn_cpu_full.sh ...
 #
 # VAL=5000 (the default) is the target that meets both of issue 11's goals
-# on the 2-core CPU: 59.7 min, CNN target 14.68% (BUILD_NOTES, session 11).
+# on the 2-core CPU: 59.7 min, CNN target 14.68% (BUILD_NOTES, session 11);
+# 52.4 min, 13.36% with one BLAS thread (session 13).
 #
 # VAL is the validation target; SAMPLE (optional) draws that many of its
 # images afresh for every gradient (--val_sample), so a gradient costs what
