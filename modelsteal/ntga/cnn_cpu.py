@@ -182,8 +182,8 @@ def _zero_tables(A, s1, jc):
   ztab = np.empty((6, s1, jc), A.dtype)
   zrow = np.zeros((s1, IT), np.int64)
   zrest = np.zeros(s1, np.int64)
-  ac = np.empty((IT, A.shape[3]), A.dtype)
-  return zq, zr, ztab, zrow, zrest, ac
+  acs = np.empty((s1, IT, A.shape[3]), A.dtype)
+  return zq, zr, ztab, zrow, zrest, acs
 
 
 @_inline
@@ -347,7 +347,8 @@ def _sum_taps(dst, src, rows, n):
 
 @_jit
 def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
-           acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac, zw):
+           acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, acs, zw,
+           fresh):
   """Conv 1 + ReLU for one tile; box sums into acc (conv 2, undivided).
 
   Row by row: the ReLU maps of one input row (r1, t1), their 5-tap window
@@ -360,8 +361,6 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
   """
   h1, w1, w2 = hw[0], hw[1], hw[2]
   jc = B.shape[3]
-  acc_k[:] = 0
-  acc_t[:] = 0
   r12, t12 = r1.reshape((r1.shape[0], -1)), t1.reshape((t1.shape[0], -1))
   hk2, ht2 = hk.reshape((hk.shape[0], -1)), ht.reshape((ht.shape[0], -1))
   taps = np.empty(5, np.int64)
@@ -374,11 +373,12 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
       if rest == IT:
         _gemm(A[p, i0], B[c, p], kk, False)
       elif rest:  # the patch product of the rows that are not zero
-        for ii in range(IT):
-          m = zrow[p, ii]
-          if m >= 0:
-            ac[m] = A[p, i0, ii]
-        _gemm(ac[:rest], B[c, p], kk[:rest], False)
+        if fresh:  # else acs holds them from this tile's first chunk
+          for ii in range(IT):
+            m = zrow[p, ii]
+            if m >= 0:
+              acs[p, m] = A[p, i0, ii]
+        _gemm(acs[p, :rest], B[c, p], kk[:rest], False)
       for ii in range(IT):
         m = zrow[p, ii]
         if m < 0:
@@ -402,12 +402,22 @@ def _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
       _sum_taps(hk2[cx], r12, taps, n)
       _sum_taps(ht2[cx], t12, taps, n)
     for m in range(box[0, y, 0]):
-      o0 = box[0, y, 1 + m] * w2
-      for cx in range(w2):
-        for ii in range(IT):
-          for jj in range(jc):
-            acc_k[o0 + cx, ii, jj] += hk[cx, ii, jj]
-            acc_t[o0 + cx, ii, jj] += ht[cx, ii, jj]
+      o = box[0, y, 1 + m]
+      o0 = o * w2
+      # the first input row of conv-2 row o stores, the others add (no
+      # zeroing pass over the accumulators)
+      if y == 0 or o > box[0, y - 1, box[0, y - 1, 0]]:
+        for cx in range(w2):
+          for ii in range(IT):
+            for jj in range(jc):
+              acc_k[o0 + cx, ii, jj] = hk[cx, ii, jj]
+              acc_t[o0 + cx, ii, jj] = ht[cx, ii, jj]
+      else:
+        for cx in range(w2):
+          for ii in range(IT):
+            for jj in range(jc):
+              acc_k[o0 + cx, ii, jj] += hk[cx, ii, jj]
+              acc_t[o0 + cx, ii, jj] += ht[cx, ii, jj]
 
 @_inline
 def _readout(qa2, ra2, qb2, rb2, c, i0, bvar, cbox, wt, wk, c_0, acc_k,
@@ -478,12 +488,13 @@ def _forward(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
     ht = np.empty((hw[2], IT, jc), A.dtype)
     sk = np.empty((IT, jc), A.dtype)
     st = np.empty((IT, jc), A.dtype)
-    zq, zr, ztab, zrow, zrest, ac = _zero_tables(A, s1, jc)
+    zq, zr, ztab, zrow, zrest, acs = _zero_tables(A, s1, jc)
     zw = np.empty((s1, IT), np.bool_)
     for i0 in range(_row_tiles(nt, c, jc, sym)):
       _tile_zero_windows(A, i0, zw)
       _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
-             acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac, zw)
+             acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, acs, zw,
+             True)
       _readout(qa2, ra2, qb2, rb2, c, i0, bvar, cbox, wt, wk, c_0, acc_k,
                acc_t, sk, st, out, i0 * IT)
   return out
@@ -505,17 +516,18 @@ def _backward_chunk(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box,
   t1 = np.empty((hw[1], IT, jc), dt_)
   hk = np.empty((hw[2], IT, jc), dt_)
   ht = np.empty((hw[2], IT, jc), dt_)
-  zq, zr, ztab, zrow, zrest, ac = _zero_tables(A, s1, jc)
+  zq, zr, ztab, zrow, zrest, acs = _zero_tables(A, s1, jc)
   zw = np.empty((s1, IT), np.bool_)
   scr = _reverse_scratch(A, s2, hw, jc)
   for i0 in range(_row_tiles(nt, c, jc, sym)):
     _tile_zero_windows(A, i0, zw)
     _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1,
-           acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, ac, zw)
+           acc_k, acc_t, r1, t1, hk, ht, zq, zr, ztab, zrow, zrest, acs, zw,
+           True)
     _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
                    bvar, cbox, wt, wk, g, 0, need_a, need_b, c, i0,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT,
-                   k1, acc_k, acc_t, zq, ztab, zrow, zrest, ac, scr)
+                   k1, acc_k, acc_t, zq, ztab, zrow, zrest, acs, scr)
 
 
 @_inline
@@ -535,7 +547,7 @@ def _reverse_scratch(A, s2, hw, jc):
 def _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
                    bvar, cbox, wt, wk, g, g0, need_a, need_b, c, i0,
                    gA, gqa1, gqa2, gB, gqb1, gqb2, AT, BT,
-                   k1, acc_k, acc_t, zq, ztab, zrow, zrest, ac, scr):
+                   k1, acc_k, acc_t, zq, ztab, zrow, zrest, acs, scr):
   """The reverse sweep of tile (i0, c) from its forward maps (`_layer1`:
   k1, acc_k, acc_t and the zero-window tables): the NTK's cotangent of
   row i is g[i - g0]; adds into the g* arrays given."""
@@ -606,9 +618,8 @@ def _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
           for ii in range(IT):
             m = zrow[p, ii]
             if m >= 0:
-              ac[m] = A[p, i0, ii]
               gkc[m] = gk[ii]
-          _gemm(ac[:rest].T, gkc[:rest], gB[c, p], True)
+          _gemm(acs[p, :rest].T, gkc[:rest], gB[c, p], True)
       else:  # the row side's cotangents are not needed
         rest = _conv1_reverse_cols(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1,
                                    zrow, zq, ztab, gsk, gst, gkc, zsk, zst,
@@ -616,11 +627,7 @@ def _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
         if need_b and rest == IT:  # gkc's rows are then the tile's
           _gemm(AT[p, i0], gkc, gB[c, p], True)
         elif need_b and rest:
-          for ii in range(IT):
-            m = zrow[p, ii]
-            if m >= 0:
-              ac[m] = A[p, i0, ii]
-          _gemm(ac[:rest].T, gkc[:rest], gB[c, p], True)
+          _gemm(acs[p, :rest].T, gkc[:rest], gB[c, p], True)
 
 
 @_jit
@@ -654,7 +661,7 @@ def _val_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
   ztabs = np.empty((nc, 6, s1, jc), dt_)
   zrows = np.zeros((nc, s1, IT), np.int64)
   zrests = np.zeros((nc, s1), np.int64)
-  ac = np.empty((IT, A.shape[3]), dt_)
+  acs = np.empty((s1, IT, A.shape[3]), dt_)
   scr = _reverse_scratch(A, s2, hw, jc)
   krow = np.empty((IT, nc * jc), dt_)
   grow = np.empty((IT, nc * jc), dt_)
@@ -676,7 +683,7 @@ def _val_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
     for c in range(nc):
       _layer1(A, qa1, ra1, B, qb1, rb1, box, hw, c, i0, bvar, kk, k1s[c],
              accks[c], accts[c], r1, t1, hk, ht, zqs[c], zrs[c], ztabs[c],
-             zrows[c], zrests[c], ac, zw)
+             zrows[c], zrests[c], acs, zw, c == 0)
       _readout(qa2, ra2, qb2, rb2, c, i0, bvar, cbox, wt, wk, c_0, accks[c],
                accts[c], sk, st, krow, 0)
     # the loss of the tile's rows and its cotangent (attack.cross_entropy)
@@ -713,7 +720,7 @@ def _val_range(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
                      bvar, cbox, wt, wk, grow, i0 * IT, False, True, c, i0,
                      gA, gqa1, gqa2, gB, gqb1, gqb2, AT, AT,
                      k1s[c], accks[c], accts[c], zqs[c], ztabs[c], zrows[c],
-                     zrests[c], ac, scr)
+                     zrests[c], acs, scr)
   stats[0] += loss
   stats[1] += correct
 
