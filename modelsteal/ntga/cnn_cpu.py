@@ -324,7 +324,15 @@ def _sum_taps(dst, src, rows, n):
   """dst[e] = sum over the n rows r of rows[:n] of src[r, e]: each element
   stored once, its taps summed in registers (a loop that adds one tap at a
   time into dst reads and writes dst per tap). dst (E,), src (R, E)."""
-  if n == 3:
+  if n == 1:
+    a = rows[0]
+    for e in range(dst.shape[0]):
+      dst[e] = src[a, e]
+  elif n == 2:
+    a, b = rows[0], rows[1]
+    for e in range(dst.shape[0]):
+      dst[e] = src[a, e] + src[b, e]
+  elif n == 3:
     a, b, c = rows[0], rows[1], rows[2]
     for e in range(dst.shape[0]):
       dst[e] = src[a, e] + src[b, e] + src[c, e]
@@ -579,33 +587,24 @@ def _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
   # the box sum transposed (conv-2 rows, then columns), conv 1's ReLU
   # reversed, the patch products.
   h1, w1, w2 = hw[0], hw[1], hw[2]
+  ga2, gt2 = ga.reshape((ga.shape[0], -1)), gt.reshape((gt.shape[0], -1))
+  vk2, vt2 = vk.reshape((vk.shape[0], -1)), vt.reshape((vt.shape[0], -1))
+  gsk1, gst1 = gsk.reshape(-1), gst.reshape(-1)
+  taps = np.empty(5, np.int64)
   for y in range(h1):
-    o0 = box[0, y, 1] * w2
+    n = box[0, y, 0]
     for cx in range(w2):
-      for ii in range(IT):
-        for jj in range(jc):
-          vk[cx, ii, jj] = ga[o0 + cx, ii, jj]
-          vt[cx, ii, jj] = gt[o0 + cx, ii, jj]
-    for m in range(1, box[0, y, 0]):
-      o0 = box[0, y, 1 + m] * w2
-      for cx in range(w2):
-        for ii in range(IT):
-          for jj in range(jc):
-            vk[cx, ii, jj] += ga[o0 + cx, ii, jj]
-            vt[cx, ii, jj] += gt[o0 + cx, ii, jj]
+      for m in range(n):
+        taps[m] = box[0, y, 1 + m] * w2 + cx
+      _sum_taps(vk2[cx], ga2, taps, n)
+      _sum_taps(vt2[cx], gt2, taps, n)
     for x in range(w1):
       p = y * w1 + x
-      cx0 = box[1, x, 1]
-      for ii in range(IT):
-        for jj in range(jc):
-          gsk[ii, jj] = vk[cx0, ii, jj]
-          gst[ii, jj] = vt[cx0, ii, jj]
-      for m in range(1, box[1, x, 0]):
-        cx = box[1, x, 1 + m]
-        for ii in range(IT):
-          for jj in range(jc):
-            gsk[ii, jj] += vk[cx, ii, jj]
-            gst[ii, jj] += vt[cx, ii, jj]
+      n = box[1, x, 0]
+      for m in range(n):
+        taps[m] = box[1, x, 1 + m]
+      _sum_taps(gsk1, vk2, taps, n)
+      _sum_taps(gst1, vt2, taps, n)
       if need_a:
         _conv1_reverse_both(qa1, ra1, qb1, rb1, c, i0, p, bvar, k1, zrow,
                             ztab, gsk, gst, gk, gqa1, gqb1)
