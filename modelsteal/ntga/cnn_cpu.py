@@ -100,8 +100,8 @@ def _const(like, value):
   raise NotImplementedError('numba only')
 
 
-def _asin(x):
-  """arcsin for |x| <= 0.75 in numba code (exact in float64)."""
+def _asin_2pi(x):
+  """arcsin(x) / 2 pi for |x| <= 0.75 in numba code (exact in float64)."""
   raise NotImplementedError('numba only')
 
 
@@ -125,37 +125,46 @@ def _guard_tol_numba(like):
   return lambda like: np.float32(1e-6)
 
 
-@_overload(_asin, inline='always')
-def _asin_numba(x):
+@_overload(_asin_2pi, inline='always')
+def _asin_2pi_numba(x):
   if x == _types.float64:
-    return lambda x: math.asin(x)
-  s0, s1, s2, s3, s4, s5, s6, s7 = (np.float32(c) for c in _ASIN_SMALL)
+    return lambda x: math.asin(x) * (1 / (2 * math.pi))
+  u = np.float32(1 / (2 * math.pi))
+  s0, s1, s2, s3, s4, s5, s6, s7 = (np.float32(c / (2 * math.pi))
+                                    for c in _ASIN_SMALL)
 
-  def asin32(x):
+  def asin32_2pi(x):
     # Only called with |x| <= 1/sqrt(2) (the smaller of |cos| and sin), so
     # an odd polynomial needs no sqrt: asin(x) = x + x^3 P(x^2), P fitted
-    # on [0, 0.75] (9e-8 absolute in float32).
+    # on [0, 0.75] (9e-8 absolute in float32); 1 / 2 pi folded into it.
     z = x * x
-    p = ((((((s7 * z + s6) * z + s5) * z + s4) * z + s3) * z + s2) * z
-         + s1) * z + s0
-    return x + x * z * p
-  return asin32
+    p = (((((((s7 * z + s6) * z + s5) * z + s4) * z + s3) * z + s2) * z
+          + s1) * z + s0) * z + u
+    return x * p
+  return asin32_2pi
 
 
 @_small
 def _relu(k, prod, inv):
-  """kernels._relu: theta through the arcsin of the smaller of cos and sin."""
-  zero, one = _const(k, 0.0), _const(k, 1.0)
-  inv2pi = _const(k, 1 / (2 * math.pi))
+  """kernels._relu: theta through the arcsin of the smaller of |cos| and
+  sin, dot = 1/2 - theta / 2 pi:
+
+    |cos| <= sin: theta = pi/2 - asin(cos), dot = 1/4 + asin(cos) / 2 pi
+    cos > 0:      theta = asin(sin),        dot = 1/2 - asin(sin) / 2 pi
+    else:         theta = pi - asin(sin),   dot = asin(sin) / 2 pi
+
+  The argument taken is at most 1/sqrt(2) (cos^2 + sin^2 = 1; sin = 0
+  where rounding makes prod < k^2), so cos and sin need no clamping."""
+  zero = _const(k, 0.0)
   sr = math.sqrt(max(prod - k * k, zero))
-  cos = min(max(k * inv, -one), one)
-  sin = min(sr * inv, one)
+  cos = k * inv
+  sin = sr * inv
   use_cos = abs(cos) <= sin
-  a = _asin(cos if use_cos else sin)
-  theta = ((_const(k, math.pi / 2) - a) if use_cos else
-           (a if cos > zero else _const(k, math.pi) - a))
-  dot = _const(k, 0.5) - theta * inv2pi
-  return sr * inv2pi + dot * k, dot, sr
+  a = _asin_2pi(cos if use_cos else sin)
+  pos = cos > zero
+  dot = (_const(k, 0.25) + a if use_cos else
+         (_const(k, 0.5) - a if pos else a))
+  return sr * _const(k, 1 / (2 * math.pi)) + dot * k, dot, sr
 
 
 @_small
