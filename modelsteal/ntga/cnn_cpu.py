@@ -4,7 +4,9 @@
 memory several times per layer (one loop fusion per elementwise step); on a
 CPU that, not the arithmetic, is its cost. Here one tile of IT x JC (32 x 64)
 image pairs goes through the whole network in cache: per conv-1 position a
-small BLAS product (the 5x5 patches), the arc-cosine map, and the box sum
+small matrix product of the 5x5 patches (`_gemm`: OpenBLAS spent as long
+packing these small operands as multiplying them), the arc-cosine map, and
+the box sum
 straight into the conv-2 accumulators; then conv 2's arc-cosine map and the
 mean. The backward pass keeps the tile's conv-1 maps, runs the reverse sweep
 in the same loops, and computes a side's patch cotangents only when that
@@ -38,7 +40,7 @@ try:  # numba is in the `ntga` extra; without it the XLA kernel runs.
 except ImportError:  # pragma: no cover - exercised where numba is missing
   numba = None
 
-IT = 32   # rows (x1 images) per tile: one BLAS product per position and tile
+IT = 32   # rows (x1 images) per tile: one patch product per position and tile
 JC = 64   # columns (x2 images) per chunk: the SIMD loops run over these;
           # chunks are spread over threads
 
