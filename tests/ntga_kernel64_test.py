@@ -213,3 +213,24 @@ def test_fused_validation_pass_equals_value_and_grad(monkeypatch):
   assert kernels.fused_val_grad_fn(kernels.fnn_ntk) is None
   assert kernels.fused_val_grad_fn(
       functools.partial(kernels.cnn_ntk, impl='xla')) is None
+
+
+@_NEEDS_NUMBA
+def test_own_patch_product_equals_matmul_on_every_remainder_path():
+  """`cnn_cpu._gemm` (two rows and four inner terms per pass, leftovers
+  after) against numpy: odd and even row counts, inner sizes that leave
+  0-3 terms over, a transposed (strided) left operand as the reverse
+  sweep passes it, and accumulation into what is there."""
+  gemm = kernels.cnn_cpu._gemm  # pylint: disable=protected-access
+  rng = np.random.default_rng(3)
+  for m, k, n in ((1, 1, 1), (2, 4, 8), (3, 5, 13), (5, 6, 8), (7, 7, 3),
+                  (32, 25, 64), (14, 75, 64)):
+    a = rng.normal(size=(m, k))
+    b = rng.normal(size=(k, n))
+    out = rng.normal(size=(m, n))
+    gemm(a, b, out, False)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    before = out.copy()
+    at = np.ascontiguousarray(a.T).T  # same values, Fortran-ordered view
+    gemm(at, b, out, True)
+    np.testing.assert_allclose(out, before + a @ b, rtol=1e-12, atol=1e-12)
