@@ -558,7 +558,7 @@ def _reverse_scratch(A, s2, hw, jc):
           np.empty((hw[2], IT, jc), dt_), np.empty((hw[2], IT, jc), dt_),
           np.empty((IT, jc), dt_), np.empty((IT, jc), dt_),
           np.empty((IT, jc), dt_), np.empty((IT, f), dt_),
-          np.empty((f, jc), dt_), np.empty((IT, jc), dt_),
+          np.empty((IT, jc), dt_),
           np.empty(jc, dt_), np.empty(jc, dt_))
 
 
@@ -570,7 +570,7 @@ def _backward_tile(A, qa1, ra1, qa2, ra2, B, qb1, rb1, qb2, rb2, box, hw,
   """The reverse sweep of tile (i0, c) from its forward maps (`_layer1`:
   k1, acc_k, acc_t and the zero-window tables): the NTK's cotangent of
   row i is g[i - g0]; adds into the g* arrays given."""
-  ga, gt, vk, vt, gk, gsk, gst, tmp_a, tmp_b, gkc, zsk, zst = scr
+  ga, gt, vk, vt, gk, gsk, gst, tmp_a, gkc, zsk, zst = scr
   jc = B.shape[3]
   s2 = qa2.shape[1]
   # conv 2's ReLU and the read-out, reversed.
