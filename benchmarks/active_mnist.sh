@@ -11,10 +11,11 @@
 # $WD (shared with benchmarks/steal_mnist.sh's layout), so strategies and
 # seeds pay only for new queries. Each run prints its per-round table and
 # writes rounds.csv / rounds.png in $WD/steal_rounds/<run>/. A knockoff pool:
-# QUERY_DATA=../shared/data/fashion_mnist bash benchmarks/active_mnist.sh
+# QUERY_DATA=$MODELSTEAL_DATA/fashion_mnist bash benchmarks/active_mnist.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/mnist/mnist.npz}
+DATA=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${DATA:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 shift || true
 SEEDS=${*:-0}
 WD=${WD:-bench_runs/active_mnist}

@@ -15,7 +15,8 @@
 # final student's fidelity; the per-step times are in each run's steps.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/mnist/mnist.npz}
+DATA=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${DATA:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 shift || true
 SEEDS=${*:-0}
 WD=${WD:-bench_runs/active_walltime}

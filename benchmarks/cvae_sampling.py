@@ -11,7 +11,7 @@ pixels, trains `mnist_cnn` on them with the stealing recipe for 10,000
 images, and reports real-test accuracy (CSV in --out, table on stdout).
 
 Variants:
-  prior     z ~ N(0, I): what the exported generator does today.
+  prior     z ~ N(0, I): the exported generator with --generator_latent=prior.
   tT        z ~ N(0, T^2 I), a temperature (e.g. t0.8).
   fitted    z ~ N(m_c, S_c): per class, the moments of the encoder's
             aggregate posterior q(z | c) (`modelsteal.synthetic.cvae.fit_latent`).

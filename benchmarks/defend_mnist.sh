@@ -5,12 +5,14 @@
 #   bash benchmarks/defend_mnist.sh NTGA_FNN.npz [NTGA_CNN.npz]
 #
 # The poisoned sets are the exports of `python -m pipelines.ntga
-# --export_npz=...`. TRAIN_SIZE (default 10000) and EPOCHS (default 5) keep the
-# whole table within about an hour on a 2-core CPU (the CNN target costs about
-# 50 s per epoch of 50,000 images there); TRAIN_SIZE=0 uses every image.
+# --export_npz=...`; CLEAN (default $MODELSTEAL_DATA/mnist/mnist.npz) is the
+# clean MNIST npz. TRAIN_SIZE (default 10000) and EPOCHS (default 5) keep the
+# whole table affordable on a CPU (run time: benchmarks/README.md);
+# TRAIN_SIZE=0 uses every image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLEAN=${CLEAN:-../shared/data/mnist/mnist.npz}
+CLEAN=${CLEAN:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${CLEAN:?set CLEAN to the clean MNIST npz, or MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${WD:-bench_runs/defend_mnist}
 DEFENSES=${DEFENSES:-all}
 for poisoned in "$@"; do

@@ -1,7 +1,9 @@
 r"""Stealing `mnist_cnn` through each victim-side output defence.
 
     taskset -c 0 python benchmarks/defense_table.py \
-        --dataset=/work/shared/data/mnist/mnist.npz --workdir=bench_runs
+        --dataset=MNIST_NPZ --workdir=bench_runs
+
+`--dataset` defaults to `$MODELSTEAL_DATA/mnist/mnist.npz`.
 
 For each output defence (`modelsteal.defenses.output`: none, top-1 label,
 top-k, rounding, high-confidence cut-off, Gaussian noise, reverse sigmoid)
@@ -26,9 +28,8 @@ cut-off and rounding keep the argmax) are trained once and shared: identical
 data, seed and recipe make the identical model. Every step is a cached
 component run: a rerun reuses everything, an interrupted one resumes.
 
-Cost on a 2-core CPU: about a minute per student (10-12 trainings), so
-roughly 15-25 minutes with the victim cached. Writes
-`<workdir>/defense_table/table.{csv,json,md}`.
+10-12 trainings (run time: benchmarks/README.md; the table: BUILD_NOTES.md,
+"Output defences"). Writes `<workdir>/defense_table/table.{csv,json,md}`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ DEFENSES = ('probs', 'label', 'topk:3', 'rounded:1', 'cutoff:0.25',
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('--dataset', default='/work/shared/data/mnist/mnist.npz')
+  data_dir = os.environ.get('MODELSTEAL_DATA')
+  ap.add_argument('--dataset', default=data_dir and os.path.join(
+      data_dir, 'mnist', 'mnist.npz'), help='MNIST npz (default: '
+      '$MODELSTEAL_DATA/mnist/mnist.npz)')
   ap.add_argument('--workdir', default='bench_runs')
   ap.add_argument('--victim', default='mnist_cnn')
   ap.add_argument('--budget', type=int, default=10000)
@@ -63,6 +67,11 @@ def main(argv=None):
   ap.add_argument('--smoke', action='store_true',
                   help='tiny data, 1 epoch: checks the script runs')
   args = ap.parse_args(argv)
+  if not args.dataset and args.smoke:
+    args.dataset = 'offline_mnist'  # the check needs no real data
+  if not args.dataset:
+    ap.error('--dataset: give the MNIST npz, or set MODELSTEAL_DATA (a '
+             'folder holding mnist/mnist.npz).')
 
   import numpy as np  # pylint: disable=g-import-not-at-top
   import pandas as pd  # pylint: disable=g-import-not-at-top

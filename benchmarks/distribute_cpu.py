@@ -4,7 +4,10 @@ on loopback (`--distribute=multiworker`, `MultiWorkerMirroredStrategy` from
 `TF_CONFIG`). Same data, recipe, seed and global batch; prints wall time of
 the `fit` and clean test accuracy per setup.
 
-    python benchmarks/distribute_cpu.py --dataset=../shared/data/mnist/mnist.npz
+    python benchmarks/distribute_cpu.py --dataset=MNIST_NPZ
+
+(`--dataset` defaults to the offline 5,000-digit subset; BUILD_NOTES.md,
+"Distribute and TPU", used full MNIST.)
 
 A sanity check of the plumbing, not a speed-up claim: on one machine the
 replicas share the same cores, so two of them cannot train faster than one.

@@ -9,10 +9,9 @@ translations, as the round students) on n images for the given epochs and
 prints the wall seconds of each fit, and of its epochs and its return (from
 the last epoch's end until `fit` returns). `--autotune` turns tf.data's
 autotuning back on (`modelsteal.training.DATA_AUTOTUNE`): with the one
-repeated iterator `train_classifier` uses since session 12, its thread held
-up `fit`'s return for 17-20 s in about one run of three (BUILD_NOTES, issue
-9). Run it at an older commit (copy the file there) for the per-epoch
-iterator that came before.
+repeated iterator `train_classifier` uses, its thread can hold up `fit`'s
+return (BUILD_NOTES.md, "Active strategies", A7). Run it at an older commit
+(copy the file there) for the per-epoch iterator that came before.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
 #   SUR=cnn VAL=1000 bash benchmarks/ntga_block_contention.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MNIST=${1:-../shared/data/mnist/mnist.npz}
+MNIST=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${MNIST:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 SUR=${SUR:-fnn}
 VAL=${VAL:-10000}
 TRAIN=${TRAIN:-2048}  # 4 blocks of 512

@@ -7,8 +7,8 @@
 #   VAL=10000 SAMPLE=1000 bash benchmarks/ntga_cnn_cpu_full.sh ...
 #
 # VAL=5000 (the default) is the target that meets both of issue 11's goals
-# on the 2-core CPU: 59.7 min, CNN target 14.68% (BUILD_NOTES, session 11);
-# 52.4 min, 13.36% with one BLAS thread (session 13).
+# on the 2-core CPU (figures: BUILD_NOTES.md, "NTGA generation" and
+# "Poison evaluation").
 #
 # VAL is the validation target; SAMPLE (optional) draws that many of its
 # images afresh for every gradient (--val_sample), so a gradient costs what
@@ -18,7 +18,8 @@
 # rows, scored on the 10,000 clean test images (as poison_eval's CNN row).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MNIST=${1:-../shared/data/mnist/mnist.npz}
+MNIST=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${MNIST:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${2:-./bench_runs}
 VAL=${VAL:-5000}
 SAMPLE=${SAMPLE:-0}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Full-MNIST NTGA-CNN on one GPU: 10-step PGD and the official one-step mode,
 # the default 10,000-image validation target, each packed losslessly for the
-# trip back (BUILD_NOTES.md, issue 11, "Full MNIST on a GPU"):
+# trip back (BUILD_NOTES.md, "NTGA generation"):
 #
 #   bash benchmarks/ntga_cnn_gpu.sh MNIST_NPZ OUT_DIR
 #   VAL=2000 MODES=pgd bash benchmarks/ntga_cnn_gpu.sh MNIST_NPZ OUT_DIR

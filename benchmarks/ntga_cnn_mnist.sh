@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 11's MNIST figures for NTGA-CNN on a 2-core CPU (BUILD_NOTES.md,
-# "Issue 11"), both cores:
+# "NTGA generation" and "Poison evaluation"), both cores:
 #
 #   bash benchmarks/ntga_cnn_mnist.sh [MNIST_NPZ] [WORKDIR]
 #
 #   1. NTGA-CNN, official one-step mode, 50,000 images, 2,000-image
-#      validation target ...................................... ~30 min
+#      validation target
 #   2. damage: FNN-ReLU and FNN targets, clean vs poisoned, 10 epochs
 #   3. damage: CNN target, clean vs poisoned, 5 epochs
 #   4. the best defence of issue 5 (bitdepth:1), CNN target, 5 epochs
@@ -17,7 +17,8 @@
 # unpacked with benchmarks/poison_pack.py (VAL=10000 PGD=1 for that one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MNIST=${1:-../shared/data/mnist/mnist.npz}
+MNIST=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${MNIST:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${2:-./bench_runs}
 VAL=${VAL:-2000}
 modes=(official)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # NTGA-CNN: the official code's one-step procedure against 10-step PGD on
 # the same MNIST subset and validation target, damage on the CNN target
-# (BUILD_NOTES.md, "Issue 11"). Isolates the one-step weakness at a size a
-# 2-core CPU finishes in about 20 minutes:
+# (BUILD_NOTES.md, "Poison evaluation"). Isolates the one-step weakness at a
+# size a 2-core CPU finishes in one sitting (run time: benchmarks/README.md):
 #
 #   bash benchmarks/ntga_cnn_pgd_vs_official.sh [MNIST_NPZ] [WORKDIR]
 #
@@ -11,7 +11,8 @@
 # poisoned, and scores the 10,000 clean test images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MNIST=${1:-../shared/data/mnist/mnist.npz}
+MNIST=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${MNIST:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${2:-./bench_runs}
 TRAIN=${TRAIN:-10000}
 VAL=${VAL:-1000}

@@ -6,9 +6,8 @@ val_fwd: K(1,000 MNIST test images, 512 perturbed training images);
 val_bwd: its gradient along the 512 (the validation part of a gradient: the
 column side alone); block_fwdbwd: the block kernel K(x, x) of the 512 and
 its gradient. One thread unless MODELSTEAL_NTGA_THREADS says otherwise.
-Used for the kernel changes of BUILD_NOTES "The CPU kernel, session 10"
-(tile sizes, float32 readout, slice loops), run alternately against a
-`git worktree` of the previous commit.
+Figures: BUILD_NOTES.md, "NTGA generation" (N15); run alternately against a
+`git worktree` of the previous commit when comparing kernels.
 """
 import os
 import sys
@@ -26,7 +25,13 @@ from modelsteal.ntga import cnn_cpu, kernels
 
 
 def main():
-  path = sys.argv[1] if len(sys.argv) > 1 else '../shared/data/mnist/mnist.npz'
+  if len(sys.argv) > 1:
+    path = sys.argv[1]
+  elif os.environ.get('MODELSTEAL_DATA'):
+    path = os.path.join(os.environ['MODELSTEAL_DATA'], 'mnist', 'mnist.npz')
+  else:
+    sys.exit('give the MNIST npz as the first argument or set '
+             'MODELSTEAL_DATA (a folder holding mnist/mnist.npz)')
   ds = sources.load_dataset(path)
   xv = jnp.asarray(ds.x_test[:1000], jnp.float32)
   xb = ds.x_train[:512]

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# NTGA figures on full MNIST (BUILD_NOTES.md, "Unlearnable data").
+# NTGA-FNN figures on full MNIST (BUILD_NOTES.md, "NTGA generation" and
+# "Poison evaluation"). Run from the repository root.
 #
 #   bash benchmarks/ntga_mnist.sh [MNIST_NPZ] [WORKDIR]
 #
 # Runs on one core of a 2-core CPU (taskset -c 1) so that a shared machine's
-# other core stays free; drop the taskset to use both. Steps and their cost
-# measured here (one core, the other one busy):
-#   1. gradient timing, FNN surrogate, 512 x 10,000 ............... ~2 min
-#   2. NTGA-FNN generation, 50,000 images, 10 PGD steps ......... ~10 min
-#   3. damage: FNN and FNN-ReLU targets, clean vs poisoned, 10 ep  ~10 min
-#   4. damage: CNN target, clean vs poisoned, 5 epochs ............ ~20 min
-#   5. NTGA-CNN on a reduced problem (2 blocks of 512, 1,000 val)  ~10 min
-# The CNN surrogate at full scale needs a GPU:
-#   python -m pipelines.ntga --dataset=$MNIST --surrogate=cnn
+# other core stays free; drop the taskset to use both. Steps (run time:
+# benchmarks/README.md):
+#   1. gradient timing, FNN surrogate, 512 x 10,000 (and the CNN with
+#      neural-tangents' kernel, 512 x 1,000)
+#   2. NTGA-FNN generation, 50,000 images, 10 PGD steps
+#   3. damage: FNN and FNN-ReLU targets, clean vs poisoned, 10 epochs
+#   4. damage: CNN target, clean vs poisoned, 5 epochs
+#   5. NTGA-CNN on a reduced problem (2 blocks of 512, 1,000 val)
+# The CNN surrogate at full scale: benchmarks/ntga_cnn_cpu_full.sh (CPU) or
+# benchmarks/ntga_cnn_gpu.sh (GPU).
 set -euo pipefail
-MNIST=${1:-../shared/data/mnist/mnist.npz}
+MNIST=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${MNIST:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${2:-./bench_runs}
 export MODELSTEAL_OFFLINE=1 XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
 PIN="taskset -c 1"

@@ -8,7 +8,8 @@ training images plus 0.3 x a random sign per pixel (a block after a PGD
 step). Pieces: the block kernel (`kernel_rows`) and its backward
 (`rows_vjp`), the GP weights (`alpha`) and their VJP (`gp_vjp`), the
 validation part's forward and backward (`chunk_grad`, per validation
-batch) and its forward alone (`chunk_loss`).
+batch) and its forward alone (`chunk_loss`). Figures: BUILD_NOTES.md, "NTGA
+generation" (N13). MNIST_NPZ defaults to $MODELSTEAL_DATA/mnist/mnist.npz.
 """
 import os
 import sys
@@ -25,7 +26,13 @@ from modelsteal.ntga import attack, cpu, kernels
 
 
 def main():
-  path = sys.argv[1] if len(sys.argv) > 1 else '../shared/data/mnist/mnist.npz'
+  if len(sys.argv) > 1:
+    path = sys.argv[1]
+  elif os.environ.get('MODELSTEAL_DATA'):
+    path = os.path.join(os.environ['MODELSTEAL_DATA'], 'mnist', 'mnist.npz')
+  else:
+    sys.exit('give the MNIST npz as the first argument or set '
+             'MODELSTEAL_DATA (a folder holding mnist/mnist.npz)')
   n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
   jax.config.update('jax_default_matmul_precision', 'highest')
   cpu.keep_freed_memory()  # as pipelines.ntga does

@@ -4,11 +4,11 @@ r"""Pack an exported poisoned set losslessly into small files, and back.
     python benchmarks/poison_pack.py unpack PREFIX --dataset=MNIST.npz --out=SET.npz
 
 For moving a poisoned set (the `--export_npz` of `pipelines.ntga`) off a
-machine that returns only small files (the lent GPU machine: 16 MB per
-file). A poisoned MNIST training set is 157 MB of float32 but holds only a
-few thousand distinct values (clean pixels k/255 plus a few PGD steps), so
-it is stored as its sorted distinct values and a uint16 index per pixel,
-compressed: about 14 MB for 50,000 images, bit-exact. The clean test split
+machine that returns only small files (the lent GPU machine). A poisoned
+MNIST training set is float32 but holds only a few thousand distinct values
+(clean pixels k/255 plus a few PGD steps), so it is stored as its sorted
+distinct values and a uint16 index per pixel, compressed and bit-exact
+(sizes: BUILD_NOTES.md, "NTGA generation"). The clean test split
 is not stored; `unpack` takes it from `--dataset` and checks it against the
 SHA-256 recorded at packing, so a different copy of the data is an error.
 """

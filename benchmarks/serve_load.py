@@ -13,7 +13,8 @@ size; writes `<out>.json`.
 
 Bounded: each phase stops at its deadline or after `--max_requests`; each
 request times out after 30 s; the server is stopped (SIGTERM, then SIGKILL)
-whatever happens. Loopback only. Not a test: figures go to BUILD_NOTES.md.
+whatever happens. Loopback only. Not a test: figures go to BUILD_NOTES.md
+("Serving").
 """
 
 from __future__ import annotations
@@ -148,8 +149,11 @@ async def _load(url: str, bodies: list[bytes], n_images: int, clients: int,
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('--model_dir', default=None)
-  ap.add_argument('--dataset', default='/work/shared/data/mnist/mnist.npz',
-                  help='npz with x_test (read in place); random images if '
+  data_dir = os.environ.get('MODELSTEAL_DATA')
+  ap.add_argument('--dataset', default=data_dir and os.path.join(
+      data_dir, 'mnist', 'mnist.npz'),
+                  help='npz with x_test (read in place; default '
+                  '$MODELSTEAL_DATA/mnist/mnist.npz); random images if '
                   'absent')
   ap.add_argument('--clients', type=int, default=8)
   ap.add_argument('--seconds', type=float, default=30.0)

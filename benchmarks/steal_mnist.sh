@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 2's figures on full MNIST (not run in CI; ~8 minutes on a 2-core CPU).
+# Issue 2's figures on full MNIST (not run in CI; BUILD_NOTES.md, "Stealing").
 #
 #   bash benchmarks/steal_mnist.sh [path/to/mnist.npz]
 #
@@ -9,7 +9,8 @@
 # Each run prints its table; per-step times are in <run dir>/steps.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/mnist/mnist.npz}
+DATA=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${DATA:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${WD:-bench_runs/steal_mnist}
 run() { python -m pipelines.steal --victim=mnist_cnn --dataset="$DATA" --workdir="$WD" "$@"; }
 echo "== 1. victim (trained once, cached)"; run --budget=100

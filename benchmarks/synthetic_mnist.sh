@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 10's figures on full MNIST (not run in CI; about 45 minutes on a
-# 2-core CPU shared with another job).
+# Issue 10's figures on full MNIST (not run in CI; BUILD_NOTES.md,
+# "Generated queries and synthetic data").
 #
 #   bash benchmarks/synthetic_mnist.sh [path/to/mnist.npz]
 #
@@ -12,7 +12,8 @@
 #    10,000 real attacker-split queries (the victim is trained once, cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/mnist/mnist.npz}
+DATA=${1:-${MODELSTEAL_DATA:+$MODELSTEAL_DATA/mnist/mnist.npz}}
+: "${DATA:?give the MNIST npz as the first argument or set MODELSTEAL_DATA (a folder holding mnist/mnist.npz)}"
 WD=${WD:-bench_runs/synthetic}
 echo "== 1. generator"
 python -m pipelines.train_generator --dataset="$DATA" --workdir="$WD"
