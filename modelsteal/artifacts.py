@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from modelsteal.errors import UserError
 
-class ArtifactError(RuntimeError):
+
+class ArtifactError(UserError, RuntimeError):
   """An artifact is missing, incomplete or corrupt."""
 
 

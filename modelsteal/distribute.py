@@ -25,6 +25,10 @@ import math
 import os
 import tempfile
 
+from modelsteal.errors import literal
+from modelsteal.errors import UnknownNameError
+from modelsteal.errors import UserError
+
 STRATEGIES = ('default', 'mirrored', 'multiworker', 'tpu')
 
 _TF_CONFIG_EXAMPLE = (
@@ -33,7 +37,7 @@ _TF_CONFIG_EXAMPLE = (
     'machine; README, "Several machines")')
 
 
-class DistributeError(ValueError):
+class DistributeError(UserError, ValueError):
   """A strategy that cannot be set up: no TPU, a bad `TF_CONFIG`, ..."""
 
 
@@ -64,7 +68,7 @@ def parse_tf_config(raw: str | None) -> Task:
       jobs with this task in it; the message shows a valid example.
   """
   def bad(why):
-    return DistributeError(f'--distribute=multiworker: {why}. Set TF_CONFIG '
+    return DistributeError(f'{{distribute}}=multiworker: {why}. Set TF_CONFIG '
                            f'on every machine, e.g. {_TF_CONFIG_EXAMPLE}.')
 
   if not raw or not raw.strip():
@@ -130,13 +134,14 @@ def get_strategy(name: str = 'default', tpu_address: str | None = None):
     except (RuntimeError, ValueError) as e:
       if 'Timeout waiting for the cluster' in str(e):
         raise DistributeError(
-            '--distribute=multiworker: the other workers did not all come up '
+            '{distribute}=multiworker: the other workers did not all come up '
             f'within {_env_seconds("MODELSTEAL_CLUSTER_WAIT_S", 600)} s. '
             'Start the same command on every machine TF_CONFIG lists (each '
             'with its own task index) and check that their host:port '
             'addresses are reachable from each other.') from e
       raise DistributeError(
-          f'--distribute=multiworker could not start ({e}). The strategy '
+          f'{{distribute}}=multiworker could not start ({literal(e)}). The '
+          'strategy '
           'must be created before TensorFlow runs anything in the process: '
           'pass it on the command line (or call modelsteal.distribute.use '
           'first thing in a notebook, after a kernel restart).') from e
@@ -159,11 +164,13 @@ def get_strategy(name: str = 'default', tpu_address: str | None = None):
       except (ValueError, RuntimeError, tf.errors.OpError) as e:
         tried.append(f'{address or "auto"}: {str(e).splitlines()[0][:160]}')
     raise DistributeError(
-        f'--distribute=tpu: no TPU found ({"; ".join(tried)}). On Colab pick '
+        f'{{distribute}}=tpu: no TPU found ({literal("; ".join(tried))}). On '
+        'Colab pick '
         'a TPU runtime (Runtime > Change runtime type); elsewhere pass its '
         'address.')
-  raise ValueError(f'unknown distribution strategy {name!r}; valid: '
-                   f'{", ".join(STRATEGIES)}.')
+  raise UnknownNameError('distribute', ': unknown distribution strategy '
+                         f'{literal(repr(name))}; valid: '
+                         f'{", ".join(STRATEGIES)}.')
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -178,7 +185,8 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     socket.create_connection((host, int(port)), timeout=timeout_s).close()
   except OSError as e:
     raise DistributeError(
-        f'--distribute=tpu: the TPU at {address} is unreachable ({e}). Check '
+        f'{{distribute}}=tpu: the TPU at {literal(address)} is unreachable '
+        f'({literal(e)}). Check '
         'the address and that the TPU is running; on Colab pass no address '
         'and pick a TPU runtime.') from e
 
@@ -200,7 +208,7 @@ def use(name: str = 'default', tpu_address: str | None = None):
   if _CURRENT is not None and _CURRENT_KEY == (name, tpu_address):
     return _CURRENT  # a TPU is initialised, a cluster started, only once
   if is_multiworker():
-    raise DistributeError(f'--distribute={name}: this process already runs '
+    raise DistributeError(f'{{distribute}}={name}: this process already runs '
                           'in a multi-worker cluster; start a new process.')
   strategy = get_strategy(name, tpu_address)
   _TASK = (parse_tf_config(os.environ.get('TF_CONFIG'))
@@ -285,8 +293,9 @@ def needs_static_shapes(strategy) -> bool:
 def lost_worker_error(e: Exception) -> WorkerLostError:
   """The clear error for a collective that failed because a peer died."""
   return WorkerLostError(
-      f'--distribute=multiworker: a worker of the cluster stopped answering '
-      f'mid-run ({type(e).__name__}: {str(e).splitlines()[0][:200]}). '
+      '{distribute}=multiworker: a worker of the cluster stopped answering '
+      f'mid-run ({type(e).__name__}: '
+      f'{literal(str(e).splitlines()[0][:200])}). '
       'Nothing of the unfinished step was kept: start every worker again with '
       'the same command and TF_CONFIG; finished steps are reused.')
 

@@ -21,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 
+from modelsteal.errors import UserError
 
-class ModelLoadError(ValueError):
+
+class ModelLoadError(UserError, ValueError):
   """A path that is not a model this package can use."""
 
 

@@ -27,6 +27,9 @@ from modelsteal.component import OutputArtifact
 from modelsteal.component import Parameter
 from modelsteal.component import component
 from modelsteal.component import scratch_dir
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+from modelsteal.errors import UnknownNameError
 from modelsteal.evaluation import plot_epoch_curves
 
 # The paper's MNIST targets (CIFAR-10 adds ResNet-18 and DenseNet-121).
@@ -131,10 +134,11 @@ def evaluate_poison(*, clean: InputArtifact[Examples],
 
   for t in targets:
     if t not in models.ARCHITECTURES:
-      raise KeyError(f'unknown target architecture {t!r}; valid: '
-                     f'{", ".join(sorted(models.ARCHITECTURES))}.')
+      raise UnknownNameError('targets', ': unknown target architecture '
+                             f'{literal(repr(t))}; valid: '
+                             f'{", ".join(sorted(models.ARCHITECTURES))}.')
   if epochs < 1:
-    raise ValueError(f'epochs must be at least 1, got {epochs}.')
+    raise ConfigError('epochs', f'must be at least 1, got {epochs}.')
   x_clean, x_pois, y, x_test, y_test = paired_training_sets(clean, poisoned)
   if max_train:
     x_clean, x_pois, y = x_clean[:max_train], x_pois[:max_train], y[:max_train]

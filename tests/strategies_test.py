@@ -178,7 +178,7 @@ def test_round_sizes():
     round_sizes(2000, 3, schedule=[500, 500, 2000])
   with pytest.raises(ValueError, match='ends at 1000'):
     round_sizes(2000, 2, schedule=[500, 1000])
-  with pytest.raises(ValueError, match='--rounds'):
+  with pytest.raises(ValueError, match='rounds must be at least 1'):
     round_sizes(100, 0)
   with pytest.raises(ValueError, match='cannot fill'):
     round_sizes(10, 20, seed_size=5)

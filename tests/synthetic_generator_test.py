@@ -158,7 +158,7 @@ def test_mining_caches_resumes_and_filters(exported, tmp_path):
   with pytest.raises(synthetic.GeneratorError, match='no classifier'):
     synthetic.mine_images.run(wd, generator=plain, per_class=2, chunk=4,
                               min_confidence=0.5)
-  with pytest.raises(ValueError, match='--per_class must be at least 1'):
+  with pytest.raises(ValueError, match='per_class must be at least 1'):
     synthetic.mine_images.run(wd, generator=ref, per_class=0)
 
 

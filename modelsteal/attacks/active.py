@@ -23,6 +23,7 @@ from modelsteal.component import InputArtifact
 from modelsteal.component import OutputArtifact
 from modelsteal.component import Parameter
 from modelsteal.component import component
+from modelsteal.errors import ConfigError
 
 
 def round_sizes(budget: int, rounds: int, seed_size: int = 0,
@@ -40,24 +41,25 @@ def round_sizes(budget: int, rounds: int, seed_size: int = 0,
   if schedule:
     sizes = [int(s) for s in schedule]
     if sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
-      raise ValueError('--round_schedule must be increasing positive '
-                       f'cumulative query counts, got {sizes}.')
+      raise ConfigError('round_schedule', 'must be increasing positive '
+                        f'cumulative query counts, got {sizes}.')
     if sizes[-1] != budget:
-      raise ValueError(f'--round_schedule ends at {sizes[-1]} but the budget '
-                       f'is {budget}; its last entry is the budget (leave '
-                       '--budget out).')
+      raise ConfigError('round_schedule', f'ends at {sizes[-1]} but the '
+                        f'budget is {budget}; its last entry is the budget '
+                        '(leave {budgets} out).')
     return sizes
   if rounds < 1:
-    raise ValueError(f'--rounds must be at least 1, got {rounds}.')
+    raise ConfigError('rounds', f'must be at least 1, got {rounds}.')
   seed_size = seed_size or budget // rounds
   if not 1 <= seed_size <= budget:
-    raise ValueError(f'--seed_size must be in [1, budget={budget}], got '
-                     f'{seed_size}.')
+    raise ConfigError('seed_size', f'must be in [1, budget={budget}], got '
+                      f'{seed_size}.')
   if rounds == 1:
     return [budget]
   if budget - seed_size < rounds - 1:
-    raise ValueError(f'a budget of {budget} with a seed set of {seed_size} '
-                     f'cannot fill {rounds - 1} more rounds; lower --rounds.')
+    raise ConfigError('rounds', f'({rounds}) is too many: a budget of '
+                      f'{budget} with a seed set of {seed_size} cannot fill '
+                      f'{rounds - 1} more rounds; lower it.')
   steps = np.linspace(seed_size, budget, rounds).round().astype(int)
   return [int(s) for s in steps]
 

@@ -28,8 +28,12 @@ from typing import Callable
 
 import numpy as np
 
+from modelsteal.errors import ConfigError
+from modelsteal.errors import UnknownNameError
+from modelsteal.errors import UserError
 
-class StrategyError(ValueError):
+
+class StrategyError(UserError, ValueError):
   """A strategy that cannot run with what it was given."""
 
 
@@ -78,7 +82,7 @@ def _free(n_pool: int, chosen) -> np.ndarray:
 def _need_student(student, name: str) -> Student:
   if student is None:
     raise StrategyError(f'query strategy {name!r} needs the current student; '
-                        'it picks from the second round on (--rounds > 1).')
+                        'it picks from the second round on ({rounds} > 1).')
   return as_student(student)
 
 
@@ -243,7 +247,7 @@ def _committee(score: Callable[[np.ndarray], np.ndarray], name: str):
     if s.num_samples < 2:
       raise StrategyError(
           f'query strategy {name!r} needs a UQ student with several members '
-          'or samples (e.g. --students=ensemble:mnist_cnn or '
+          'or samples (e.g. {students}=ensemble:mnist_cnn or '
           'mcdropout:mnist_cnn); the current student has one.')
     free = _free(len(pool_x), chosen)
     return _top(free, score(s.sample_probs(pool_x[free])), n)
@@ -282,8 +286,9 @@ NEEDS_UQ = ('bald', 'qbc')
 
 def check_strategy(name: str) -> None:
   if name not in QUERY_STRATEGIES:
-    raise KeyError(f'unknown query strategy {name!r}; valid: '
-                   f'{", ".join(QUERY_STRATEGIES)}.')
+    raise UnknownNameError('query_strategy', f': unknown query strategy '
+                           f'{name!r}; valid: '
+                           f'{", ".join(QUERY_STRATEGIES)}.')
 
 
 def select_queries(pool_x: np.ndarray, budget: int, strategy: str = 'random',
@@ -302,20 +307,23 @@ def select_queries(pool_x: np.ndarray, budget: int, strategy: str = 'random',
   """
   check_strategy(strategy)
   if budget < 1:
-    raise ValueError(f'the query budget must be at least 1, got {budget}.')
+    raise ConfigError('budgets', ': the query budget must be at least 1, '
+                      f'got {budget}.')
   free = len(pool_x) - (len(chosen) if chosen is not None else 0)
   if budget > free:
-    raise ValueError(f'the query budget ({budget}) is larger than the '
-                     f"attacker's query pool ({free} images not yet asked); "
-                     'lower --budget or use a larger --query_data.')
+    raise ConfigError('budgets', f': the query budget ({budget}) is larger '
+                      f"than the attacker's query pool ({free} images not "
+                      'yet asked); lower {budgets} or use a larger '
+                      '{query_data}.')
   if candidates < 0:
-    raise ValueError(f'candidates must be 0 (the whole pool) or positive, '
-                     f'got {candidates}.')
+    raise ConfigError('round_candidates', 'must be 0 (the whole pool) or '
+                      f'positive, got {candidates}.')
   rng = np.random.default_rng(seed)
   if candidates and candidates < free:
     if candidates < budget:
-      raise ValueError(f'{candidates} candidates cannot hold the {budget} '
-                       'queries of this round; raise the candidates.')
+      raise ConfigError('round_candidates', f'({candidates}) cannot hold '
+                        f'the {budget} queries of this round; raise '
+                        '{round_candidates}.')
     asked = (np.asarray(chosen, np.int64) if chosen is not None else
              np.zeros(0, np.int64))
     sub = np.concatenate([asked, rng.choice(_free(len(pool_x), asked),

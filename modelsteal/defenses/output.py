@@ -25,6 +25,9 @@ from typing import Callable
 
 import numpy as np
 
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+
 
 def top1_label(p: np.ndarray) -> np.ndarray:
   out = np.zeros_like(p, dtype=np.float32)
@@ -83,11 +86,16 @@ OUTPUT_MODES = ('probs', 'label', 'topk:K', 'rounded:D', 'cutoff:T', 'noise:S',
                 'reverse_sigmoid:B,G')
 
 
-def parse_output(spec: str, seed: int = 0) -> OutputMode:
+def parse_output(spec: str, seed: int = 0, field: str = 'output'
+                 ) -> OutputMode:
   """Parses an output/defence spec (see the module docstring).
 
+  `field`: the config field the spec came from (`output`, or a server's
+  `defense`), named by the error.
+
   Raises:
-    ValueError: an unknown mode or a bad argument; lists the valid forms.
+    ConfigError (a ValueError): an unknown mode or a bad argument; lists the
+      valid forms.
   """
   spec = (spec or '').strip()
   name, _, arg = spec.partition(':')
@@ -125,5 +133,6 @@ def parse_output(spec: str, seed: int = 0) -> OutputMode:
       return OutputMode(spec, lambda p: reverse_sigmoid(p, b, g), True)
   except ValueError:
     pass
-  raise ValueError(f'invalid output mode {spec!r}; valid forms: '
-                   f'{", ".join(OUTPUT_MODES)} (e.g. topk:3, rounded:2).')
+  raise ConfigError(field, f': invalid output mode {literal(repr(spec))}; '
+                    f'valid forms: {", ".join(OUTPUT_MODES)} (e.g. topk:3, '
+                    'rounded:2).')

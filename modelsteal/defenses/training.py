@@ -31,6 +31,10 @@ import dataclasses
 import math
 from typing import Callable
 
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+from modelsteal.errors import UnknownNameError
+
 DEFENSES = ('none', 'jpeg:Q', 'grayscale', 'bitdepth:B', 'median:K', 'blur:S',
             'crop', 'flip', 'cutout', 'mixup', 'cutmix', 'adv:EPS')
 
@@ -158,9 +162,11 @@ def _number(arg: str, default: float, cast, name: str, lo: float, hi: float):
   try:
     v = cast(arg) if arg else default
   except ValueError:
-    raise ValueError(f'defence {name}: bad argument {arg!r}.') from None
+    raise ConfigError('defense', f': defence {name}: bad argument '
+                      f'{literal(repr(arg))}.') from None
   if not lo <= v <= hi:
-    raise ValueError(f'defence {name}: argument {v} outside [{lo}, {hi}].')
+    raise ConfigError('defense', f': defence {name}: argument {v} outside '
+                      f'[{lo}, {hi}].')
   return v
 
 
@@ -168,7 +174,8 @@ def parse_defense(spec: str) -> Defense:
   """Parses `part[+part...]`; unknown names list the valid ones.
 
   Raises:
-    ValueError: unknown part or bad argument.
+    ConfigError (a ValueError) on `defense`: unknown part (an
+      `UnknownNameError`, also a KeyError) or bad argument.
   """
   pre, aug, eps = [], [], None
   for part in [p.strip() for p in spec.split('+') if p.strip()] or ['']:
@@ -186,7 +193,8 @@ def parse_defense(spec: str) -> Defense:
     elif name == 'median':
       k = _number(arg, 3, int, name, 3, 15)
       if k % 2 == 0:
-        raise ValueError(f'defence median: the size must be odd, got {k}.')
+        raise ConfigError('defense', ': defence median: the size must be '
+                          f'odd, got {k}.')
       pre.append(lambda x, k=k: median_filter(x, k))
     elif name == 'blur':
       s = _number(arg, 1.0, float, name, 0.1, 10.0)
@@ -196,9 +204,11 @@ def parse_defense(spec: str) -> Defense:
     elif name == 'adv':
       eps = _number(arg, 0.3, float, name, 1e-4, 1.0)
     else:
-      raise ValueError(f'unknown defence {part!r} in {spec!r}; valid: '
-                       f'{", ".join(DEFENSES)}, joined with + (e.g. '
-                       'bitdepth:1+crop), or "all".')
+      raise UnknownNameError('defense', f': unknown defence '
+                             f'{literal(repr(part))} in '
+                             f'{literal(repr(spec))}; valid: '
+                             f'{", ".join(DEFENSES)}, joined with + (e.g. '
+                             'bitdepth:1+crop), or "all".')
   return Defense(spec, tuple(pre), tuple(aug), eps)
 
 
@@ -209,7 +219,8 @@ def parse_defense_list(value: str | list[str]) -> list[Defense]:
   if specs == ['all']:
     specs = list(ALL_DEFENSES)
   if not specs:
-    raise ValueError('no defence given; e.g. --defense=none,bitdepth:1 or all.')
+    raise ConfigError('defense', ': no defence given; e.g. '
+                      '{defense}=none,bitdepth:1 or all.')
   return [parse_defense(s) for s in specs]
 
 

@@ -20,15 +20,17 @@ import os
 import numpy as np
 
 from modelsteal.defenses.output import parse_output
+from modelsteal.errors import ConfigError
+from modelsteal.errors import UserError
 from modelsteal.oracle.cache import AnswerCache
 from modelsteal.oracle.cache import query_keys
 
 
-class BudgetExceededError(RuntimeError):
+class BudgetExceededError(UserError, RuntimeError):
   """The attack asked for more queries than its budget allows."""
 
 
-class OracleError(RuntimeError):
+class OracleError(UserError, RuntimeError):
   """The victim could not be asked, or answered something unusable."""
 
 
@@ -39,7 +41,8 @@ class Oracle(abc.ABC):
                cache_dir: str | None = None, seed: int = 0):
     self.mode = parse_output(output, seed=seed)
     if budget is not None and budget <= 0:
-      raise ValueError(f'the query budget must be positive, got {budget}.')
+      raise ConfigError('budgets', ': the query budget must be positive, '
+                        f'got {budget}.')
     self.budget = budget
     self.asked = 0
     self.paid = 0
@@ -66,7 +69,7 @@ class Oracle(abc.ABC):
     if self.budget is not None and self.asked + n_new > self.budget:
       raise BudgetExceededError(
           f'query budget exceeded: {self.asked} queries used, {n_new} more '
-          f'asked, budget {self.budget}. Raise --budget or ask fewer.')
+          f'asked, budget {self.budget}. Raise {{budgets}} or ask fewer.')
 
   def query(self, x: np.ndarray) -> np.ndarray:
     """Answers a batch; cached queries are not sent (nor paid) again.

@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
 from modelsteal.oracle.base import Oracle
 from modelsteal.oracle.base import OracleError
 
@@ -48,10 +50,10 @@ class BodyTooLargeError(OracleError):
 def check_url(url: str) -> str:
   """The endpoint URL, without a trailing slash; ValueError if malformed."""
   if not isinstance(url, str) or not _URL.match(url.strip()):
-    raise ValueError(
-        f'--victim_url {url!r} is not a TF Serving model URL; expected '
-        'http://HOST:PORT/v1/models/NAME (optionally /versions/N), e.g. '
-        'http://127.0.0.1:8501/v1/models/mnist.')
+    raise ConfigError(
+        'victim_url', f'{literal(repr(url))} is not a TF Serving model URL; '
+        'expected http://HOST:PORT/v1/models/NAME (optionally /versions/N), '
+        'e.g. http://127.0.0.1:8501/v1/models/mnist.')
   return url.strip().rstrip('/')
 
 
@@ -113,9 +115,10 @@ class _Http:
       if attempt < self.retries:
         self._sleep(attempt, retry_after)
     raise OracleError(
-        f'the victim endpoint {url} is unreachable or failing after '
-        f'{self.retries + 1} attempts ({last}). Is the server running (python '
-        '-m pipelines.serve --model_dir=...) and the URL right? Rerun to '
+        f'the victim endpoint {literal(url)} is unreachable or failing after '
+        f'{self.retries + 1} attempts ({literal(last)}). Is the server running '
+        '(python -m pipelines.serve --model_dir=...) and the URL right? Rerun '
+        'to '
         'resume: answers received so far are cached.')
 
 
@@ -228,8 +231,9 @@ def victim_ref_from_url(url: str, num_classes: int | None = None,
   desc = describe_endpoint(md, signature_name)
   k = desc['num_classes']
   if num_classes is not None and k is not None and k != num_classes:
-    raise ValueError(f'{url} answers {k} classes, the dataset has '
-                     f'{num_classes}; pick the dataset the victim classifies.')
+    raise ConfigError('dataset', f': {literal(url)} answers {k} classes, the '
+                      f'dataset has {num_classes}; pick the dataset the '
+                      'victim classifies.')
   k = k or num_classes
   canon = json.dumps(md, sort_keys=True, separators=(',', ':'))
   fp = hashlib.sha256(f'{url}|{canon}'.encode()).hexdigest()

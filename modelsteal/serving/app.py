@@ -31,6 +31,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from modelsteal.errors import ConfigError
 from modelsteal.serving.batching import Batcher
 from modelsteal.serving.codec import ServingError
 from modelsteal.serving.codec import all_finite
@@ -78,8 +79,8 @@ class ModelServer:
         raise ValueError(f'two models are named {s.name!r}.')
       self.models[s.name] = s
     if max_body_bytes < 1024:
-      raise ValueError(f'max_body_bytes must be at least 1024, got '
-                       f'{max_body_bytes}.')
+      raise ConfigError('max_body_bytes', 'must be at least 1024, got '
+                        f'{max_body_bytes}.')
     if num_threads < 1:
       raise ValueError(f'num_threads must be >= 1, got {num_threads}.')
     self.batching = batching

@@ -22,6 +22,9 @@ import threading
 import numpy as np
 
 from modelsteal.defenses.output import parse_output
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+from modelsteal.errors import UserError
 from modelsteal.serving.codec import ServingError
 from modelsteal.serving.codec import tensor_info
 
@@ -29,7 +32,7 @@ PROBS = 'probabilities'
 LABEL = 'label'
 
 
-class ServableLoadError(ValueError):
+class ServableLoadError(UserError, ValueError):
   """The model directory cannot be served; the message says why."""
 
 
@@ -66,7 +69,7 @@ class Signature:
                                        None if v.shape.rank is None else
                                        tuple(v.shape.as_list()))
                          for i, (k, v) in enumerate(sorted(outs.items()))}
-    self.mode = parse_output(defense, seed=seed)
+    self.mode = parse_output(defense, seed=seed, field='defense')
     self.defended = self.mode.spec not in ('probs', 'none')
     if self.defended and PROBS not in self._all_outputs:
       raise ServableLoadError(
@@ -152,7 +155,8 @@ class Version:
 def find_versions(base_dir: str) -> dict[int, str]:
   """Version number -> SavedModel directory under a model's base directory."""
   if not os.path.isdir(base_dir):
-    raise ServableLoadError(f'--model_dir {base_dir!r}: no such directory.')
+    raise ServableLoadError(f'{{model_dir}} {literal(repr(base_dir))}: no '
+                            'such directory.')
   if os.path.exists(os.path.join(base_dir, 'saved_model.pb')):
     return {1: base_dir}
   versions = {int(d): os.path.join(base_dir, d) for d in os.listdir(base_dir)
@@ -214,9 +218,10 @@ def load_servable(base_dir: str, name: str, defense: str = 'probs',
   Raises:
     ServableLoadError: nothing servable there; ValueError: a bad defence.
   """
-  parse_output(defense)  # fail before loading anything
+  parse_output(defense, field='defense')  # fail before loading anything
   if versions not in ('all', 'latest'):
-    raise ValueError(f"versions must be 'all' or 'latest', got {versions!r}.")
+    raise ConfigError('versions', "must be 'all' or 'latest', got "
+                      f'{literal(repr(versions))}.')
   found = find_versions(base_dir)
   if versions == 'latest':
     found = {max(found): found[max(found)]}

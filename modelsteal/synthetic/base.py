@@ -15,6 +15,8 @@ import abc
 
 import numpy as np
 
+from modelsteal.errors import UserError
+
 # Class names of the datasets the toolkit knows, index = label. The REST
 # generator turns them into prompts; MNIST's are digits as words, so a
 # text-to-image model is asked for "a photo of a handwritten digit seven"
@@ -29,7 +31,7 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-class GeneratorError(ValueError):
+class GeneratorError(UserError, ValueError):
   """A generator that cannot be used, or that answered something unusable."""
 
 

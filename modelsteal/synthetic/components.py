@@ -23,6 +23,9 @@ from modelsteal.component import Parameter
 from modelsteal.component import component
 from modelsteal.component import scratch_dir
 from modelsteal.component import workdir as component_workdir
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+from modelsteal.errors import UnknownNameError
 from modelsteal.synthetic.base import Generator
 from modelsteal.synthetic.base import GeneratorError
 from modelsteal.synthetic.base import class_names_for
@@ -58,8 +61,8 @@ def train_generator(*, examples: InputArtifact[Examples],
   """
   from modelsteal.synthetic.cvae import export_generator, fit_latent, train_cvae  # pylint: disable=g-import-not-at-top
   if latent not in ('prior', 'fitted'):
-    raise ValueError(f'unknown latent sampling {latent!r}; valid: prior, '
-                     'fitted.')
+    raise UnknownNameError('generator_latent', ': unknown latent sampling '
+                           f'{literal(repr(latent))}; valid: prior, fitted.')
   from modelsteal.synthetic.saved_model import SavedModelGenerator  # pylint: disable=g-import-not-at-top
   data = examples.load_split(split)
   k = int(examples.properties.get('num_classes') or data['y'].max() + 1)
@@ -142,9 +145,10 @@ def parse_filter(spec: str) -> float:
       t = -1.0
     if 0.0 < t < 1.0:
       return t
-  raise ValueError(f'--filter {spec!r}: expected none or confidence:T with '
-                   '0 < T < 1 (keep samples the generator\'s own classifier '
-                   'gives at least T for their class).')
+  raise ConfigError('filter', f'{literal(repr(spec))}: expected none or '
+                    'confidence:T with 0 < T < 1 (keep samples the '
+                    'generator\'s own classifier gives at least T for their '
+                    'class).')
 
 
 @component
@@ -182,7 +186,7 @@ def mine_images(*, mined: OutputArtifact[Examples],
   the filter, how many images were generated and how many came fresh.
   """
   if per_class < 1:
-    raise ValueError(f'--per_class must be at least 1, got {per_class}.')
+    raise ConfigError('per_class', f'must be at least 1, got {per_class}.')
   gen = make_generator(generator, class_names=list(class_names) or None)
   names = gen.class_names
   wd = component_workdir()
@@ -205,7 +209,7 @@ def mine_images(*, mined: OutputArtifact[Examples],
           raise GeneratorError(
               f'only {kept} of the {i * chunk} images generated for class '
               f'{names[c]!r} reach confidence {min_confidence}; lower the '
-              'filter threshold or use --filter=none.')
+              'filter threshold or use {filter}=none.')
         path = os.path.join(root, str(c), f's{seed}-c{chunk}-{i}.npz')
         if os.path.exists(path):
           part = load_split(path)
@@ -226,7 +230,7 @@ def mine_images(*, mined: OutputArtifact[Examples],
           if 'scores' not in part:
             raise GeneratorError(
                 f'{gen.source} has no classifier of its own, so samples '
-                'cannot be filtered by confidence; use --filter=none.')
+                'cannot be filtered by confidence; use {filter}=none.')
           keep = np.flatnonzero(conf >= min_confidence)
         else:
           keep = np.arange(len(part['x']))
@@ -277,7 +281,8 @@ def sample_per_class(*, examples: InputArtifact[Examples],
     mine = perm[data['y'][perm] == c][:per_class]
     if len(mine) < per_class:
       raise DataError(f'the {split!r} split has only {len(mine)} real images '
-                      f'of class {c}; --per_class={per_class} needs more data.')
+                      f'of class {c}; {{per_class}}={per_class} needs more '
+                      'data.')
     rows.append(mine)
   rows = np.sort(np.concatenate(rows))
   sampled.save_split('train', data['x'][rows], data['y'][rows], idx=rows)

@@ -45,6 +45,10 @@ import shutil
 
 import numpy as np
 
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+from modelsteal.errors import UnknownNameError
+
 GENERATOR_JSON = os.path.join('assets.extra', 'generator.json')
 
 
@@ -74,8 +78,8 @@ def build_cvae(image_shape, num_classes: int, latent_dim: int = 16,
 
   def conv_decoder():
     if h % 4 or w % 4:
-      raise ValueError(f'decoder=conv needs image sides that are multiples of '
-                       f'4, got {h}x{w}.')
+      raise ConfigError('generator_decoder', '=conv needs image sides that '
+                        f'are multiples of 4, got {h}x{w}.')
     inp = keras.Input((latent_dim,))
     cond = keras.Input((num_classes,))
     t = keras.layers.Concatenate()([inp, cond])
@@ -89,7 +93,8 @@ def build_cvae(image_shape, num_classes: int, latent_dim: int = 16,
     return keras.Model([inp, cond], keras.layers.Flatten()(t), name='decoder')
 
   if decoder not in ('mlp', 'conv'):
-    raise ValueError(f'unknown decoder {decoder!r}; valid: mlp, conv.')
+    raise UnknownNameError('generator_decoder', ': unknown decoder '
+                           f'{literal(repr(decoder))}; valid: mlp, conv.')
 
   class CVAE(keras.Model):
     """Encoder q(z | x, y), decoder p(x | z, y) with Bernoulli pixels."""

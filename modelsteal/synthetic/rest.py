@@ -49,6 +49,9 @@ import urllib.parse
 
 import numpy as np
 
+from modelsteal.errors import ConfigError
+from modelsteal.errors import literal
+from modelsteal.errors import UnknownNameError
 from modelsteal.synthetic.base import Generator
 from modelsteal.synthetic.base import GeneratorError
 from modelsteal.synthetic.base import rng_for
@@ -79,22 +82,26 @@ def rest_ref(url: str, *, api: str = 'openai',
   url = (url or '').strip().rstrip('/')
   parsed = urllib.parse.urlparse(url)
   if parsed.scheme not in ('http', 'https') or not parsed.netloc:
-    raise ValueError(f'--generator {url!r} is not an http(s) URL.')
+    raise ConfigError('generator', f'{literal(repr(url))} is not an http(s) '
+                      'URL.')
   if api not in APIS:
-    raise ValueError(f'unknown generator api {api!r}; valid: '
-                     f'{", ".join(APIS)}.')
+    raise UnknownNameError('generator_api', f': unknown generator api '
+                           f'{literal(repr(api))}; valid: '
+                           f'{", ".join(APIS)}.')
   if api == 'tfserving' and not _TFSERVING_URL.match(url):
-    raise ValueError(f'--generator {url!r}: a served generator URL is '
-                     'http://HOST:PORT/v1/models/NAME.')
+    raise ConfigError('generator', f'{literal(repr(url))}: a served '
+                      'generator URL is http://HOST:PORT/v1/models/NAME.')
   if '{label}' not in prompt:
-    raise ValueError(f'--prompt {prompt!r} must contain {{label}}, where the '
-                     'class name goes.')
+    raise ConfigError('prompt', f'{literal(repr(prompt))} must contain '
+                      '{{label}}, where the class name goes.')
   if token_env and not os.environ.get(token_env):
-    raise ValueError(f'--generator_token_env={token_env}: the environment '
-                     f'variable {token_env} is not set; export it with the '
-                     "service's API token.")
+    raise ConfigError('generator_token_env', f'={literal(token_env)}: the '
+                      'environment variable '
+                      f'{literal(token_env)} is not set; export it with the '
+                      "service's API token.")
   if requests_per_s <= 0:
-    raise ValueError(f'requests_per_s must be positive, got {requests_per_s}.')
+    raise ConfigError('generator_rps', 'must be positive, got '
+                      f'{requests_per_s}.')
   names = [str(n) for n in class_names]
   shape = [int(d) for d in image_shape]
   canon = json.dumps([url, api, prompt, names, shape])
@@ -233,8 +240,9 @@ class RestGenerator(Generator):
         self._backoff(attempt, retry_after)
     raise GeneratorError(
         f'the generator service {self.url} is unreachable or failing after '
-        f'{self.retries + 1} attempts to {what} ({last}). Check the URL, the '
-        '--generator_api and that the service is up; rerun to resume: images '
+        f'{self.retries + 1} attempts to {what} ({literal(last)}). Check the '
+        'URL, the {generator_api} and that the service is up; rerun to '
+        'resume: images '
         'received so far are cached.')
 
   def _check(self, resp):
@@ -251,9 +259,10 @@ class RestGenerator(Generator):
     if resp.status_code in _RETRY_STATUS:
       raise _Retry(f'HTTP {resp.status_code}: {message}', retry_after)
     hint = (' (check the token in the environment variable named by '
-            '--generator_token_env)' if resp.status_code in (401, 403) else '')
-    raise GeneratorError(f'the generator service {self.url} refused the '
-                         f'request: HTTP {resp.status_code}: {message}{hint}')
+            '{generator_token_env})' if resp.status_code in (401, 403) else '')
+    raise GeneratorError(f'the generator service {literal(self.url)} refused '
+                         f'the request: HTTP {resp.status_code}: '
+                         f'{literal(message)}{hint}')
 
   @staticmethod
   def _json(resp):

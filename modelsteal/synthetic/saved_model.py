@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from modelsteal.errors import literal
 from modelsteal.synthetic.base import Generator
 from modelsteal.synthetic.base import GeneratorError
 from modelsteal.synthetic.base import rng_for
@@ -26,12 +27,13 @@ from modelsteal.synthetic.cvae import GENERATOR_JSON
 def _saved_model_dir(path: str) -> str:
   from modelsteal.export import ModelLoadError, resolve_saved_model_dir  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(path):
-    raise GeneratorError(f'--generator {path!r}: no such directory; pass a '
+    raise GeneratorError(f'{{generator}} {literal(repr(path))}: no such '
+                         'directory; pass a '
                          'built-in name, a SavedModel directory or a URL.')
   try:
     return resolve_saved_model_dir(path)
   except ModelLoadError as e:
-    raise GeneratorError(f'--generator: {e}') from None
+    raise GeneratorError(f'{{generator}}: {literal(str(e))}') from None
 
 
 def fingerprint_dir(path: str) -> str:

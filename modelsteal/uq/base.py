@@ -16,8 +16,10 @@ from typing import Callable
 
 import numpy as np
 
+from modelsteal.errors import UserError
 
-class UQSpecError(ValueError):
+
+class UQSpecError(UserError, ValueError):
   """A UQ student spec a user wrote that cannot be built."""
 
 
@@ -190,9 +192,10 @@ def load_student(directory: str) -> UQStudent:
       arrays = [z[f'arr_{j}'] for j in range(len(z.files))]
     if len(arrays) != len(m.weights) or any(
         a.shape != tuple(w.shape) for a, w in zip(arrays, m.weights)):
-      raise ValueError(f'{directory!r}: the saved weights do not fit '
-                       f'{meta["spec"]}; the student was saved by another '
-                       'version of modelsteal.')
+      from modelsteal.export import ModelLoadError  # pylint: disable=g-import-not-at-top
+      raise ModelLoadError(f'{directory!r}: the saved weights do not fit '
+                           f'{meta["spec"]}; the student was saved by '
+                           'another version of modelsteal.')
     for w, a in zip(m.weights, arrays):
       w.assign(a)
   return UQStudent(spec, models, meta['num_classes'], meta['seed'],
