@@ -8,7 +8,9 @@ everywhere else by a victim reference (see `modelsteal.oracle`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping
 
+from modelsteal.errors import UnknownNameError
 from modelsteal.training import TrainConfig
 
 
@@ -43,12 +45,59 @@ VICTIMS: dict[str, VictimSpec] = {
 
 def get_victim(name: str) -> VictimSpec:
   if name not in VICTIMS:
-    raise KeyError(f'unknown victim {name!r}; the zoo has: '
-                   f'{", ".join(sorted(VICTIMS))}. Or pass --victim_path.')
+    raise UnknownNameError('', f'unknown victim {name!r}; the zoo has: '
+                           f'{", ".join(sorted(VICTIMS))}. Or pass '
+                           '{victim_path}.')
   return VICTIMS[name]
 
 
-def victim_ref_from_model(model_artifact) -> dict:
+@dataclasses.dataclass(frozen=True)
+class VictimRef:
+  """Where a victim (or a student scored like one) answers from.
+
+  Attributes:
+    kind: `local` (a SavedModel or `.keras` file in this process) or `rest`
+      (a TF-Serving-style endpoint).
+    location: the SavedModel directory or `.keras` path, or the model URL.
+    fingerprint: names the victim in the answer cache; changes when the
+      model does.
+    details: what the endpoint said of itself (REST: version, num_classes,
+      signature_name, input_shape).
+  """
+  kind: str
+  location: str
+  fingerprint: str
+  details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def path(self) -> str | None:
+    return self.location if self.kind == 'local' else None
+
+  @property
+  def url(self) -> str | None:
+    return self.location if self.kind == 'rest' else None
+
+  def as_param(self) -> dict:
+    """The JSON form components take as a parameter (and fingerprint)."""
+    key = 'path' if self.kind == 'local' else 'url'
+    return {'kind': self.kind, key: self.location,
+            'fingerprint': self.fingerprint, **self.details}
+
+  @classmethod
+  def coerce(cls, ref: 'VictimRef | Mapping[str, Any]') -> 'VictimRef':
+    """`ref` itself, or the VictimRef of its JSON form (a component's
+    parameter as recorded)."""
+    return ref if isinstance(ref, cls) else cls.from_param(ref)
+
+  @classmethod
+  def from_param(cls, ref: Mapping[str, Any]) -> 'VictimRef':
+    rest = {k: v for k, v in ref.items()
+            if k not in ('kind', 'path', 'url', 'fingerprint')}
+    return cls(ref['kind'], ref.get('path') or ref['url'], ref['fingerprint'],
+               rest)
+
+
+def victim_ref_from_model(model_artifact) -> VictimRef:
   """The victim reference of a Model artifact written by `train_model`:
   its SavedModel, or its `.keras` file where it was trained without one
   (`serving=False`)."""
@@ -56,11 +105,10 @@ def victim_ref_from_model(model_artifact) -> dict:
   path = (model_artifact.keras_path
           if model_artifact.properties.get('serving') is False
           else resolve_saved_model_dir(model_artifact.serving_dir))
-  return {'kind': 'local', 'path': path,
-          'fingerprint': model_artifact.fingerprint}
+  return VictimRef('local', path, model_artifact.fingerprint)
 
 
-def victim_ref_from_path(path: str) -> dict:
+def victim_ref_from_path(path: str) -> VictimRef:
   """A victim reference for a user's `.keras` file or SavedModel.
 
   The fingerprint hashes the file contents, so a changed model is not
@@ -70,7 +118,7 @@ def victim_ref_from_path(path: str) -> dict:
   import os  # pylint: disable=g-import-not-at-top
   from modelsteal.export import ModelLoadError  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
-    raise ModelLoadError(f'--victim_path {path!r}: no such file or directory.')
+    raise ModelLoadError(f'{path!r}: no such file or directory (victim_path).')
   h = hashlib.sha256()
   files = ([path] if os.path.isfile(path) else sorted(
       os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs))
@@ -79,5 +127,4 @@ def victim_ref_from_path(path: str) -> dict:
     with open(f, 'rb') as fh:
       for chunk in iter(lambda: fh.read(1 << 20), b''):
         h.update(chunk)
-  return {'kind': 'local', 'path': os.path.abspath(path),
-          'fingerprint': h.hexdigest()}
+  return VictimRef('local', os.path.abspath(path), h.hexdigest())

@@ -1,11 +1,13 @@
 """Flags every pipeline shares, defined once (absl rejects a flag defined
 twice in one process, and the tests import every pipeline), plus the shared
-`main` wrapper that turns user mistakes into one clear line."""
+`main` wrapper that turns user mistakes into one clear line. Not a
+pipeline: pipelines import this and `pipelines._steal_flags` /
+`pipelines._generator_flags`, never each other."""
 
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Mapping
 
 from absl import flags
 
@@ -31,83 +33,49 @@ VERBOSE = flags.DEFINE_bool(
     'accuracy) instead of one progress line per step.')
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  """Exceptions a user can cause: printed as one line, never a traceback."""
-  from modelsteal.artifacts import ArtifactError  # pylint: disable=g-import-not-at-top
-  from modelsteal.data import DataError, DatasetUnavailableError  # pylint: disable=g-import-not-at-top
-  from modelsteal.export import ModelLoadError  # pylint: disable=g-import-not-at-top
-  from modelsteal.oracle import BudgetExceededError, OracleError  # pylint: disable=g-import-not-at-top
-  return (KeyError, ValueError, DataError, DatasetUnavailableError,
-          ModelLoadError, BudgetExceededError, OracleError, ArtifactError)
+RERUN = flags.DEFINE_list(
+    'rerun', [], 'Run these steps again even where a finished run of the '
+    'same code, parameters and inputs is cached (component names such as '
+    'train_model,label_queries, or all); the old runs stay on disk.')
 
 
-def fit_budgets(budgets, pool_size: int, *, flag: str, stand_in: bool,
-                name: str) -> list[int]:
-  """The query budgets a run uses, checked against the attacker's pool.
+def flag_label(field: str, flag_names: Mapping[str, str] | None) -> str:
+  """The flag a user typed for a config field (`--field` unless mapped)."""
+  return (flag_names or {}).get(field) or f'--{field}'
 
-  One rule for `--budget` and `--budgets`: a budget above the pool is capped
-  to the pool with a notice when the budget is the default (`flag` empty) or
-  the data is a stand-in (`stand_in`: the offline MNIST subset or `--smoke`),
-  so that every documented command also runs offline; a budget the user
-  asked for on their own data is an error naming the flag they passed.
-  Duplicates after capping are dropped, order kept.
+
+def error_line(error: BaseException,
+               flag_names: Mapping[str, str] | None = None) -> str:
+  """A user error as the one line a pipeline prints, fields as flags."""
+  from modelsteal.errors import UserError  # pylint: disable=g-import-not-at-top
+  if isinstance(error, UserError):
+    return error.render(lambda f: flag_label(f, flag_names))
+  return str(error)
+
+
+def run_main(body: Callable[[], object], name: str,
+             flag_names: Mapping[str, str] | None = None) -> None:
+  """Runs a pipeline body: quiet logs, clear errors, resumable Ctrl-C.
+
+  A `modelsteal.errors.UserError` is printed as one `NAME: error:` line (a
+  config field shown as its flag: `--field`, or as `flag_names` maps it)
+  and exits with status 2; anything else is a bug and keeps its traceback.
   """
-  out = []
-  for b in budgets:
-    if b < 1:
-      raise ValueError(f'{flag or "--budget"}: the query budget must be at '
-                       f'least 1, got {b}.')
-    if b > pool_size:
-      if flag and not stand_in:
-        raise ValueError(
-            f"{flag}: the query budget ({b}) is larger than the attacker's "
-            f'query pool ({pool_size} images); lower {flag} or use a larger '
-            '--query_data.')
-      why = 'smoke/offline data' if stand_in else 'default budget'
-      print(f'[{name}] notice: budget {b} capped to the pool size '
-            f'{pool_size} ({why}).', flush=True)
-      b = pool_size
-    if b not in out:
-      out.append(b)
-  return out
-
-
-def run_main(body: Callable[[], object], name: str) -> None:
-  """Runs a pipeline body: quiet logs, clear errors, resumable Ctrl-C."""
   from modelsteal import progress  # pylint: disable=g-import-not-at-top
+  from modelsteal.errors import UserError  # pylint: disable=g-import-not-at-top
   from pipelines import import_tensorflow_quietly, quiet_logs  # pylint: disable=g-import-not-at-top
   import_tensorflow_quietly()
   quiet_logs()
   progress.set_verbose(VERBOSE.value)
+  from modelsteal.component import set_rerun  # pylint: disable=g-import-not-at-top
   try:
+    set_rerun(RERUN.value or None)  # None: MODELSTEAL_RERUN, if set
     body()
   except KeyboardInterrupt:
     print(f'\n{name}: interrupted. Nothing half-written was kept and finished '
           'steps (and answers received) are saved: run the same command '
           'again to resume.', file=sys.stderr)
     sys.exit(130)
-  except user_errors() as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f'{name}: error: {msg}', file=sys.stderr)
+  except UserError as e:
+    print(f'{name}: error: {error_line(e, flag_names)}', file=sys.stderr)
     sys.exit(2)
-
-
-class Steps:
-  """Prints each pipeline step with its time and whether it was reused;
-  `save` writes them as `steps.csv` / `steps.json`."""
-
-  def __init__(self, name: str):
-    self.name = name
-    self.rows = []
-
-  def record(self, label: str, result) -> None:
-    self.rows.append((label, result.duration_s, result.reused))
-    note = 'reused' if result.reused else f'{result.duration_s:.1f}s'
-    print(f'[{self.name}] {label:<44} {note:>10}  {result.execution_dir}',
-          flush=True)
-
-  def save(self, out_dir: str) -> None:
-    import pandas as pd  # pylint: disable=g-import-not-at-top
-    from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.save_results(pd.DataFrame(self.rows, columns=[
-        'step', 'seconds', 'reused']), out_dir, stem='steps')

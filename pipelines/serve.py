@@ -6,9 +6,8 @@ Serves every numbered version under `--model_dir` (a TF Serving model base
 directory, a SavedModel directory, or a modelsteal Model artifact: victims
 and stolen students alike); requests without a version get the highest.
 Listens on 127.0.0.1 unless `--host` says otherwise, prints the model URL,
-and runs until Ctrl-C. Loading takes a few seconds; on one core of the
-project's 2-core CPU, 8 clients get about 600 single-image MNIST requests/s,
-or 2,000 images/s in 16-image requests (BUILD_NOTES.md, "Serving").
+and runs until Ctrl-C. Requests/s and images/s on the project's 2-core
+CPU: BUILD_NOTES.md, "Serving".
 
     curl http://127.0.0.1:8501/v1/models/NAME
     curl http://127.0.0.1:8501/v1/models/NAME/metadata
@@ -85,14 +84,15 @@ class ServeConfig:
 def build_server(cfg: ServeConfig):
   """Loads the model and returns the `ModelServer` (not yet listening)."""
   from modelsteal import serving  # pylint: disable=g-import-not-at-top
+  from modelsteal.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if not cfg.model_dir:
-    raise ValueError('--model_dir is required: the SavedModel (or folder of '
-                     'numbered versions) to serve.')
+    raise ConfigError('model_dir', 'is required: the SavedModel (or folder of '
+                      'numbered versions) to serve.')
   if not 0 <= cfg.port < 65536:
-    raise ValueError(f'--port must be in 0..65535, got {cfg.port}.')
+    raise ConfigError('port', f'must be in 0..65535, got {cfg.port}.')
   if cfg.batch_max_size < 1 or cfg.batch_timeout_ms < 0:
-    raise ValueError('--batch_max_size must be >= 1 and --batch_timeout_ms '
-                     '>= 0.')
+    raise ConfigError('batch_max_size', 'must be >= 1 and '
+                      '{batch_timeout_ms} >= 0.')
   servable = serving.load_servable(
       os.path.abspath(cfg.model_dir), cfg.model_name, defense=cfg.defense,
       seed=cfg.seed, versions=cfg.versions)

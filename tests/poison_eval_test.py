@@ -126,9 +126,9 @@ def test_pipelines_smoke_artifact_and_exported_npz(tiny_npz, tmp_path, capsys):
   assert list(df['data']) == ['clean', 'poisoned']
   assert df['train_images'].iloc[0] == 200  # the smoke run's poisoned rows
   # the exported form, with the clean source named explicitly: the same rows
-  cfg = pe_pipeline.PoisonEvalConfig(poisoned=npz, dataset=tiny_npz,
-                                     workdir=wd)
-  clean, from_npz = pe_pipeline._load_inputs(cfg)  # pylint: disable=protected-access
+  from modelsteal.experiments import poison_eval as pe_lib  # pylint: disable=g-import-not-at-top
+  cfg = pe_lib.PoisonEvalConfig(poisoned=npz, dataset=tiny_npz, workdir=wd)
+  clean, from_npz = pe_lib._load_inputs(cfg)  # pylint: disable=protected-access
   from modelsteal.artifacts import Examples  # pylint: disable=g-import-not-at-top
   a, b = Examples.load(art).load_split('train'), from_npz.load_split('train')
   np.testing.assert_array_equal(a['idx'], b['idx'])

@@ -12,6 +12,7 @@ from absl.testing import flagsaver
 
 from modelsteal import training
 from modelsteal.oracle import base as oracle_base
+from modelsteal.experiments import steal as steal_lib
 from pipelines import steal
 
 
@@ -111,8 +112,8 @@ def test_bald_with_a_uq_student(tiny_npz, tmp_path):
 
 def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
                                                        monkeypatch):
-  real = steal.student_recipe
-  monkeypatch.setattr(steal, 'student_recipe',
+  real = steal_lib.student_recipe
+  monkeypatch.setattr(steal_lib, 'student_recipe',
                       lambda *a: {**real(*a), 'epochs': 4})
   wd = str(tmp_path)
   _main(**{k: v for k, v in _common(tiny_npz, wd,
@@ -178,19 +179,19 @@ def test_warm_start_trains_each_round_further(tiny_npz, tmp_path):
 
 
 def test_parse_recipe_overrides():
-  assert steal.parse_recipe_overrides(
+  assert steal_lib.parse_recipe_overrides(
       ['epochs=40', 'batch_size=128', 'augment=false', 'schedule=constant']) == (
           ('augment', False), ('batch_size', 128), ('epochs', 40),
           ('schedule', 'constant'))
-  recipe = steal.student_recipe('mnist_cnn', 1500, False,
+  recipe = steal_lib.student_recipe('mnist_cnn', 1500, False,
                                 (('batch_size', 128),))
   assert recipe['batch_size'] == 128 and recipe['epochs'] == 60
   # a smoke run keeps its single epoch
-  assert steal.student_recipe('mnist_cnn', 1500, True,
+  assert steal_lib.student_recipe('mnist_cnn', 1500, True,
                               (('epochs', 40),))['epochs'] == 1
   for bad in (['schedule=linear'], ['learning_rate=0'], ['augment=maybe']):
-    with pytest.raises(ValueError, match='--student_recipe'):
-      steal.parse_recipe_overrides(bad)
+    with pytest.raises(ValueError, match='student_recipe: '):
+      steal_lib.parse_recipe_overrides(bad)
 
 
 def test_rounds_with_top_k_answers(tiny_npz, tmp_path):

@@ -14,6 +14,7 @@ from absl.testing import flagsaver
 
 from modelsteal import attacks, data, victims
 from modelsteal.oracle import LocalOracle
+from modelsteal.experiments import steal as steal_lib
 from pipelines import steal
 from tests.conftest import synthetic_images
 
@@ -153,11 +154,11 @@ def test_victim_path_savedmodel(tiny_model, tiny_npz, tmp_path):
 
 
 def test_victim_path_name():
-  assert steal.victim_path_name('/models/mnist/1') == 'mnist'
-  assert steal.victim_path_name(
+  assert steal_lib.victim_path_name('/models/mnist/1') == 'mnist'
+  assert steal_lib.victim_path_name(
       'runs/train_model/50ff38b1/model/serving/1/') == '50ff38b1'
-  assert steal.victim_path_name('victim.keras') == 'victim'
-  assert steal.victim_path_name('/1') == 'victim'
+  assert steal_lib.victim_path_name('victim.keras') == 'victim'
+  assert steal_lib.victim_path_name('/1') == 'victim'
 
 
 def test_interrupted_labeling_resumes_without_paying_twice(

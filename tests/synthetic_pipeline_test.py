@@ -140,16 +140,3 @@ def test_bad_input_is_one_clear_error_line(wd, tmp_path, capsys, monkeypatch):
          workdir=wd, query_data='generator:nothing-here')
   assert "steal: error: unknown generator 'nothing-here'" in (
       capsys.readouterr().err)
-
-
-def test_steal_module_is_not_imported_twice(monkeypatch):
-  """Under `python -m pipelines.steal` the module is `__main__`; importing
-  `pipelines.steal` again would define its flags twice."""
-  import sys  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  fake_main = types.ModuleType('__main__')
-  fake_main.__spec__ = types.SimpleNamespace(name='pipelines.steal')
-  monkeypatch.setitem(sys.modules, '__main__', fake_main)
-  assert train_generator.steal_module() is fake_main
-  monkeypatch.setitem(sys.modules, '__main__', types.ModuleType('__main__'))
-  assert train_generator.steal_module() is steal

@@ -206,8 +206,10 @@ def evaluate_model(*, splits: InputArtifact[Examples],
   from modelsteal.oracle import make_oracle  # pylint: disable=g-import-not-at-top
   victim_oracle = make_oracle(victim, output='probs',
                               cache_dir=_answer_cache_dir())
-  if model.get('kind') == 'local':
-    predictor = load_predictor(model['path'])
+  from modelsteal.victims import VictimRef  # pylint: disable=g-import-not-at-top
+  model = VictimRef.coerce(model)
+  if model.kind == 'local':
+    predictor = load_predictor(model.location)
   else:  # a remote model is scored through its own (cached) oracle
     predictor = make_oracle(model, output='probs',
                             cache_dir=_answer_cache_dir()).query_all

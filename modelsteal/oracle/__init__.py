@@ -1,8 +1,8 @@
 """Black-box access to victims: one interface, budget, answer cache.
 
 `make_oracle(victim_ref, ...)` builds the right oracle from a victim
-reference, a small JSON-able dict that is also part of component
-fingerprints:
+reference (`modelsteal.victims.VictimRef`, or its JSON form, the small dict
+that is also part of component fingerprints):
 
     {'kind': 'local', 'path': SAVEDMODEL_OR_KERAS_PATH, 'fingerprint': ...}
     {'kind': 'rest', 'url': 'http://HOST:PORT/v1/models/NAME',
@@ -18,18 +18,20 @@ from modelsteal.oracle.cache import AnswerCache
 ORACLE_KINDS = ('local', 'rest')
 
 
-def make_oracle(victim_ref: dict, **kwargs) -> Oracle:
+def make_oracle(victim_ref, **kwargs) -> Oracle:
   """An oracle for a victim reference (see the module docstring)."""
-  kind = victim_ref.get('kind')
+  from modelsteal.victims import VictimRef  # pylint: disable=g-import-not-at-top
+  ref = VictimRef.coerce(victim_ref)
+  kind = ref.kind
   if kind == 'local':
     from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
-    return LocalOracle(load_predictor(victim_ref['path']),
-                       identity=victim_ref['fingerprint'], **kwargs)
+    return LocalOracle(load_predictor(ref.location),
+                       identity=ref.fingerprint, **kwargs)
   if kind == 'rest':
     from modelsteal.oracle.rest import RestOracle  # pylint: disable=g-import-not-at-top
-    return RestOracle(victim_ref['url'], identity=victim_ref['fingerprint'],
-                      num_classes=victim_ref.get('num_classes'),
-                      signature_name=victim_ref.get('signature_name'),
+    return RestOracle(ref.location, identity=ref.fingerprint,
+                      num_classes=ref.details.get('num_classes'),
+                      signature_name=ref.details.get('signature_name'),
                       **kwargs)
   raise ValueError(f'unknown victim kind {kind!r}; valid: {ORACLE_KINDS}.')
 

@@ -1,12 +1,8 @@
-"""Round-based (active) stealing for `pipelines.steal --rounds=R`.
-
-    python -m pipelines.steal --victim=mnist_cnn --query_strategy=entropy \
-        --budget=3000 --rounds=6 [--seed_size=500]
-    python -m pipelines.steal --query_strategy=random,margin,kcenter --rounds=5
+"""Round-based (active) stealing: `StealConfig(rounds=R, ...)`.
 
 Per strategy: a random seed set (`label_queries`), then rounds of
 `label_round` (the strategy picks with the student of the round before)
-each followed by training the first `--students` entry on every answer so
+each followed by training the first `students` entry on every answer so
 far and scoring it. Every step is a cached component run, so an interrupted
 run resumes at the round it stopped in and a rerun pays nothing. Writes
 `rounds.csv` / `rounds.json` (fidelity, accuracy, queries paid, and seconds
@@ -17,17 +13,18 @@ spent selecting, labeling and training per round) and `rounds.png`
 from __future__ import annotations
 
 import os
-import re
 import time
 
+from modelsteal.errors import ConfigError
+from modelsteal.experiments.common import run_name
+from modelsteal.experiments.steal import StealConfig
+from modelsteal.experiments.steal import prepare
+from modelsteal.experiments.steal import recipe_tag
+from modelsteal.experiments.steal import train_student
 
-def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
-  """Runs each strategy's rounds; returns (per-round DataFrame, out dir).
 
-  `prepare`, `train_student` and `recipe_tag` are `pipelines.steal`'s
-  (passed in: that module may be `__main__`, and importing it again would
-  define its flags twice).
-  """
+def run(cfg: StealConfig):
+  """Runs each strategy's rounds; returns (per-round DataFrame, out dir)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
   from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
   from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
@@ -39,29 +36,29 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
   started = time.time()
   p = prepare(cfg)
   if len(p.budgets) != 1:
-    raise ValueError('--rounds takes one --budget (the total), not a '
-                     '--budgets sweep.')
+    raise ConfigError('rounds', 'takes one budget (the total), not a sweep '
+                      'of {budgets}.')
   budget = p.budgets[0]
   schedule = list(cfg.round_schedule)
   if schedule and budget < schedule[-1]:  # capped to a stand-in pool
     schedule = sorted({max(1, round(n * budget / schedule[-1]))
                        for n in schedule})
-    print(f'[steal] notice: --round_schedule scaled to {schedule} (the budget '
+    print(f'[steal] notice: round_schedule scaled to {schedule} (the budget '
           f'was capped to {budget}).', flush=True)
   sizes = round_sizes(budget, cfg.rounds, cfg.seed_size, schedule)
   round_epochs = cfg.round_epochs
   arch = p.students[0]
   student_samples = (uq.UQ_METHODS[uq.parse_spec(arch).method].num_samples(
       uq.parse_spec(arch)) if uq.is_uq_spec(arch) else 1)
+  strategies = cfg.strategies
   for s in strategies:
     if s in NEEDS_UQ and student_samples < 2:
-      raise ValueError(f'query strategy {s!r} needs a UQ student with several '
-                       'members as the first --students entry, e.g. '
-                       f'--students=ensemble:{arch} or mcdropout:{arch}; got '
-                       f'{arch!r}.')
+      raise ConfigError('query_strategy', f'={s} needs a UQ student with '
+                        'several members as the first {students} entry, e.g. '
+                        f'ensemble:{arch} or mcdropout:{arch}; got {arch!r}.')
   rows = []
   for strategy in strategies:
-    lab = label_queries.run(p.wd, splits=p.query_splits, victim=p.victim_ref,
+    lab = label_queries.run(p.wd, splits=p.query_splits, victim=p.victim.ref,
                             output=cfg.output, budget=sizes[0],
                             strategy='random', seed=cfg.seed)
     p.steps.record(f'{strategy} round 0: seed set of {sizes[0]}', lab)
@@ -71,7 +68,7 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
       if r:
         res = label_round.run(
             p.wd, splits=p.query_splits, previous=labeled, student=model,
-            victim=p.victim_ref, output=cfg.output, n=size - sizes[r - 1],
+            victim=p.victim.ref, output=cfg.output, n=size - sizes[r - 1],
             strategy=strategy, seed=cfg.seed, round_index=r,
             candidates=cfg.round_candidates)
         p.steps.record(f'{strategy} round {r}: +{size - sizes[r - 1]} queries',
@@ -80,19 +77,19 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
         timing = {k: labeled.properties[k] for k in ('select_s', 'label_s')}
       last = r == len(sizes) - 1
       # only the last round's student is the stolen model, with a SavedModel
-      row = train_student(p, cfg, labeled, arch, size,
-                          epochs_scale=1.0 if last else round_epochs,
-                          init=model if cfg.warm_start and r else None,
-                          serving=last)
-      model = Model.load(row.pop('model_dir'))
+      student = train_student(p, cfg, labeled, arch, size,
+                              epochs_scale=1.0 if last else round_epochs,
+                              init=model if cfg.warm_start and r else None,
+                              serving=last)
+      model = Model.load(student.model_dir)
       rows.append({'strategy': strategy, 'round': r, 'queries': size,
                    'epochs': model.properties.get('recipe', {}).get('epochs'),
-                   **row, **timing})
+                   **student.row(), **timing})
   df = evaluation.results_frame(rows, [
       'strategy', 'round', 'queries', 'queries_paid', 'fidelity', 'accuracy',
       'fidelity_heldout', 'epochs', 'select_s', 'label_s', 'train_s'])
-  run_name = re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(
-      [p.victim_name, cfg.output, cfg.query_data or 'same', f'b{budget}',
+  name = run_name(
+      [p.victim.name, cfg.output, cfg.query_data or 'same', f'b{budget}',
        f'r{cfg.rounds}' if not cfg.round_schedule else
        'r' + '_'.join(str(n) for n in sizes)] +
       ([f'e{round_epochs:g}'] if round_epochs != 1.0 else []) +
@@ -100,8 +97,8 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
       (['warm'] if cfg.warm_start else []) +
       ([f'c{cfg.round_candidates}'] if cfg.round_candidates else []) +
       ['_'.join(strategies), f's{cfg.seed}'] +
-      (['smoke'] if cfg.smoke else [])))
-  out_dir = os.path.join(p.wd, 'steal_rounds', run_name)
+      (['smoke'] if cfg.smoke else []))
+  out_dir = os.path.join(p.wd, 'steal_rounds', name)
   csv_path, json_path = evaluation.save_results(df, out_dir, stem='rounds')
   p.steps.save(out_dir)
   show = df[['strategy', 'round', 'queries', 'queries_paid', 'fidelity',
@@ -113,7 +110,7 @@ def run(cfg, strategies: list[str], prepare, train_student, recipe_tag):
         'choosing, labeling, training.')
   plot = evaluation.plot_rounds(
       df, os.path.join(out_dir, 'rounds.png'),
-      title=f'round-based stealing of {p.victim_name} ({cfg.output} answers, '
+      title=f'round-based stealing of {p.victim.name} ({cfg.output} answers, '
       f'student {arch})')
   print(f'\nplot:     {plot}\nresults:  {csv_path}\n          {json_path}')
   print(f'total time {time.time() - started:.1f}s', flush=True)
