@@ -29,6 +29,7 @@ def poisoned_npz(tmp_path):
   return str(path), str(clean)
 
 
+@pytest.mark.slow
 def test_defend_smoke_table_and_export(poisoned_npz, tmp_path, capsys):
   poisoned, clean = poisoned_npz
   wd = str(tmp_path / 'w')

@@ -98,6 +98,7 @@ def _weights(model_dir):
   return np.concatenate([np.ravel(w) for w in m.get_weights()])
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_match_one_worker(tmp_path):
   from modelsteal.attacks import train_model  # pylint: disable=g-import-not-at-top
   ex = _examples(tmp_path / 'examples')

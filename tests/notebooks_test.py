@@ -12,6 +12,7 @@ import json
 import os
 
 import nbformat
+import pytest
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
@@ -60,6 +61,7 @@ def _smoke_notebook(name, data, workdir):
   return nb
 
 
+@pytest.mark.slow
 def test_notebooks_run_in_smoke_mode(tiny_npz, tmp_path, monkeypatch):
   monkeypatch.setenv('PYTHONPATH', ROOT)
   monkeypatch.setenv('MODELSTEAL_OFFLINE', '1')

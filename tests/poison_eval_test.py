@@ -105,6 +105,7 @@ def test_interrupted_evaluation_redoes_only_unfinished_trainings(
                                     poisoned=pois, targets=['nope'])
 
 
+@pytest.mark.slow
 def test_pipelines_smoke_artifact_and_exported_npz(tiny_npz, tmp_path, capsys):
   from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
   from pipelines import poison_eval as pe_pipeline  # pylint: disable=g-import-not-at-top

@@ -51,6 +51,7 @@ def test_terminal_line_is_redrawn_then_erased_without_ansi():
   assert text.endswith('\r') and text.rstrip('\r').split('\r')[-1].strip() == ''
 
 
+@pytest.mark.slow
 def test_quiet_training_is_one_progress_line_verbose_is_per_epoch(capsys):
   x, y = synthetic_images(64, seed=5)
   cfg = TrainConfig(epochs=3, batch_size=32)

@@ -66,8 +66,8 @@ def readme_commands(text: str) -> list[tuple[str, str]]:
 COMMANDS = readme_commands(open(README).read())
 
 # Every pipeline the README runs is imported here, outside any flagsaver: a
-# module first imported inside one (one pipeline importing another lazily)
-# would lose its flag definitions when the flagsaver restores the flags.
+# module first imported inside one would lose its flag definitions when the
+# flagsaver restores the flags (absl deletes flags it did not save).
 for _name in sorted({m.group(1) for _, c in COMMANDS
                      for m in [re.match(r'python -m pipelines\.(\w+)', c)] if m}):
   importlib.import_module(f'pipelines.{_name}')
@@ -218,6 +218,7 @@ def _check_uq_all_methods(state, out):
   assert steps.str.startswith('label_queries').sum() == 1, list(steps)
 
 
+@pytest.mark.slow  # every README command, in order, in one directory
 @pytest.mark.parametrize('kind,cmd', COMMANDS,
                          ids=[f'{i:02d}' for i in range(len(COMMANDS))])
 def test_readme_command(kind, cmd, state, monkeypatch, capsys, caplog):
@@ -236,9 +237,9 @@ def test_readme_command(kind, cmd, state, monkeypatch, capsys, caplog):
   if '--distribute=multiworker' in cmd:
     pytest.skip('needs two machines with TF_CONFIG; '
                 'tests/multiworker_test.py runs two workers on loopback')
-  if cmd == 'python -m pytest':
-    pytest.skip('the test suite itself (.ci/run runs it; see '
-                'test_ci_runs_the_readme_test_command)')
+  if cmd.startswith('python -m pytest'):
+    pytest.skip('the test suite itself, whole or its fast tier (.ci/run '
+                'runs it; see test_ci_runs_the_readme_test_command)')
   cmd = _fill(cmd, state, monkeypatch, capsys)
   if cmd in state.done and 'pipelines.serve' not in cmd:
     pytest.skip('the same command ran earlier in the README (cached)')

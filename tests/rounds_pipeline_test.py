@@ -45,6 +45,7 @@ def paid(monkeypatch):
   return sent
 
 
+@pytest.mark.slow
 def test_rounds_respect_the_budget_and_write_table_and_plot(tiny_npz,
                                                             tmp_path):
   wd = str(tmp_path)
@@ -74,6 +75,7 @@ def test_rounds_respect_the_budget_and_write_table_and_plot(tiny_npz,
         'budget']
 
 
+@pytest.mark.slow
 def test_interrupted_rounds_resume_and_pay_nothing_twice(tiny_npz, tmp_path,
                                                          monkeypatch, paid):
   flags = _common(tiny_npz, str(tmp_path / 'a'), query_strategy='entropy')
@@ -102,6 +104,7 @@ def test_interrupted_rounds_resume_and_pay_nothing_twice(tiny_npz, tmp_path,
   assert list(resumed['queries_paid']) == list(straight['queries_paid'])
 
 
+@pytest.mark.slow
 def test_bald_with_a_uq_student(tiny_npz, tmp_path):
   wd = str(tmp_path)
   _main(**{**_common(tiny_npz, wd, query_strategy='bald'), 'rounds': 2,
@@ -110,6 +113,7 @@ def test_bald_with_a_uq_student(tiny_npz, tmp_path):
   assert list(df['queries']) == [45, 90]
 
 
+@pytest.mark.slow
 def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
                                                        monkeypatch):
   real = steal_lib.student_recipe
@@ -129,6 +133,7 @@ def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
   assert '20_50_90' in os.path.basename(out_dir)
 
 
+@pytest.mark.slow
 def test_student_recipe_changes_every_student(tiny_npz, tmp_path):
   from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path)
@@ -148,6 +153,7 @@ def test_student_recipe_changes_every_student(tiny_npz, tmp_path):
   assert 'batch_size16_learning_rate0.01' in os.path.basename(out_dir)
 
 
+@pytest.mark.slow
 def test_warm_start_trains_each_round_further(tiny_npz, tmp_path):
   from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path)
@@ -194,6 +200,7 @@ def test_parse_recipe_overrides():
       steal_lib.parse_recipe_overrides(bad)
 
 
+@pytest.mark.slow
 def test_rounds_with_top_k_answers(tiny_npz, tmp_path):
   wd = str(tmp_path)
   _main(**_common(tiny_npz, wd, query_strategy='entropy', output='topk:2'))
@@ -202,6 +209,7 @@ def test_rounds_with_top_k_answers(tiny_npz, tmp_path):
   assert df['output'].eq('topk:2').all()
 
 
+@pytest.mark.slow
 def test_round_schedule_scales_with_a_capped_budget(tiny_npz, tmp_path,
                                                     capsys):
   # smoke data: the pool is smaller than the schedule's budget

@@ -471,6 +471,7 @@ def test_active_rounds_over_http_with_probability_answers(server, tiny_npz,
   assert server.model_server.stats['tiny'].instances >= before + 60
 
 
+@pytest.mark.slow
 def test_steal_over_http_then_serve_the_student(server, tiny_npz, tmp_path):
   """The acceptance test, on loopback: steal a served victim with
   --victim_url (smoke), serve the exported student with the command line,

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipelines import is_startup_noise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +29,7 @@ def test_noise_lines_and_real_errors():
   assert not is_startup_noise('Traceback (most recent call last):', True)
 
 
+@pytest.mark.slow
 def test_tensorflow_import_is_quiet_but_stderr_still_works():
   code = ('import os, sys\n'
           'from pipelines import import_tensorflow_quietly\n'
@@ -46,6 +49,7 @@ def test_tensorflow_import_is_quiet_but_stderr_still_works():
   assert 'real error after import' in proc.stderr
 
 
+@pytest.mark.slow
 def test_ntga_pipeline_runs_where_tensorflow_is_not_installed(tiny_npz,
                                                               tmp_path):
   # A JAX-only GPU image: TF hidden by a finder that refuses it.

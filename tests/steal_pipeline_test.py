@@ -29,6 +29,7 @@ def _results(workdir):
   return pd.read_csv(path)
 
 
+@pytest.mark.slow
 def test_smoke_default_victim_then_reuse(tmp_path, capsys):
   wd = str(tmp_path)
   _main(victim='mnist_cnn', dataset='offline_mnist', workdir=wd, smoke=True)
@@ -56,6 +57,7 @@ def test_smoke_default_victim_then_reuse(tmp_path, capsys):
   pd.testing.assert_frame_equal(df, _results(wd))
 
 
+@pytest.mark.slow
 def test_budget_sweep_plot_and_probs(tiny_npz, tmp_path):
   wd = str(tmp_path)
   _main(victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,
@@ -126,6 +128,7 @@ def test_bad_inputs_give_clear_errors(tiny_npz, tiny_model, tmp_path, capsys):
   assert not glob.glob(os.path.join(wd, 'steal', '*', 'results.csv'))
 
 
+@pytest.mark.slow
 def test_smoke_caps_budgets_above_the_pool(tiny_npz, tmp_path, capsys):
   """--smoke shrinks the data, so --budgets meant for the full data are
   capped to the pool (with a notice) like the default budget."""
@@ -193,6 +196,7 @@ def test_interrupted_labeling_resumes_without_paying_twice(
   assert res['labeled'].properties['queries_paid'] == 150 - 64
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tiny_npz, tmp_path):
   """MirroredStrategy needs the devices configured before TF starts: a fresh
   interpreter runs the smoke pipeline on two logical CPU devices."""
@@ -223,6 +227,7 @@ print('REPLICAS', s.num_replicas_in_sync, type(s).__name__)
   assert glob.glob(os.path.join(str(tmp_path), 'steal', '*', 'results.csv'))
 
 
+@pytest.mark.slow
 def test_knockoff_queries_from_another_dataset(tiny_npz, tmp_path):
   """--query_data: the pool and held-out data come from the other dataset."""
   other = tmp_path / 'other.npz'

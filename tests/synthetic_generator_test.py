@@ -31,6 +31,7 @@ def exported(trained, tiny_model, tmp_path_factory):
   return with_clf, plain
 
 
+@pytest.mark.slow
 def test_shapes_range_count_and_seeds(exported):
   gen = synthetic.SavedModelGenerator(exported[0])
   assert gen.class_names == tuple(NAMES) and gen.image_shape == (12, 12, 1)
@@ -97,6 +98,7 @@ def test_fitted_latent_has_the_posterior_moments_and_exports(trained,
   assert np.abs(got - prior).max() > 1e-3  # the fitted latent is used
 
 
+@pytest.mark.slow
 def test_conv_decoder_shapes_and_errors():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   x, y = synthetic_images(64, seed=2)
@@ -127,6 +129,7 @@ def test_unknown_class_and_non_generators_are_clear_errors(exported,
     synthetic.SavedModelGenerator(str(tmp_path / 'nothing'))
 
 
+@pytest.mark.slow
 def test_mining_caches_resumes_and_filters(exported, tmp_path):
   wd = str(tmp_path)
   ref = synthetic.generator_ref_from_path(exported[0])

@@ -32,6 +32,7 @@ def _run(module, **flags):
     module.main([module.__name__])
 
 
+@pytest.mark.slow
 def test_train_generator_smoke_then_reuse(wd, capsys):
   _run(train_generator, dataset='offline_mnist', smoke=True, workdir=wd)
   out = capsys.readouterr().out
@@ -52,6 +53,7 @@ def test_train_generator_smoke_then_reuse(wd, capsys):
     assert json.load(f)['latent_sampling'] == 'prior'
 
 
+@pytest.mark.slow
 def test_synthetic_smoke_table_and_grid(wd, capsys):
   _run(synthetic, generator='cvae', dataset='offline_mnist', smoke=True,
        workdir=wd, per_class=5, classifiers=['mnist_mlp'],
@@ -85,6 +87,7 @@ def test_per_class_sweep_plot(tmp_path):
   assert os.path.getsize(path) > 1000
 
 
+@pytest.mark.slow
 def test_steal_with_generated_queries_labels_them_through_the_oracle(wd):
   _run(steal, victim='mnist_mlp', dataset='offline_mnist', smoke=True,
        workdir=wd, query_data='generator:cvae', budget=40,

@@ -41,6 +41,7 @@ def _fit(config, shapes, n=100):
                           model=_traced_model(shapes))
 
 
+@pytest.mark.slow
 def test_xla_step_with_static_shapes_is_traced_once():
   shapes, more_epochs = [], []
   model = _fit(TrainConfig(epochs=1, batch_size=32, jit_compile=True,

@@ -38,6 +38,7 @@ class _Record(keras.callbacks.Callback):
     self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_backup(tmp_path):
   x, y = synthetic_images(64, seed=13)
   cfg = TrainConfig(epochs=4, batch_size=32)

@@ -29,6 +29,7 @@ def _results(workdir, kind='uq'):
 # `_check_uq_all_methods`.
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_retraining_finished_members(
     tiny_npz, tmp_path, monkeypatch, capsys):
   wd = str(tmp_path)
@@ -79,6 +80,7 @@ def test_bad_input_one_error_line(tiny_npz, tmp_path, capsys, flags, match):
   assert not os.path.exists(os.path.join(str(tmp_path), 'train_model'))
 
 
+@pytest.mark.slow
 def test_steal_takes_uq_students_beside_plain_ones(tiny_npz, tmp_path, capsys):
   wd = str(tmp_path)
   _main(steal, victim='mnist_mlp', dataset=tiny_npz, workdir=wd, smoke=True,

@@ -36,6 +36,7 @@ def probe_x():
   return synthetic_images(40, seed=5)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('spec', SPECS)
 def test_combined_prediction_is_a_distribution(students, probe_x, spec):
   student, trace = students[spec]
@@ -66,6 +67,7 @@ def test_stochastic_samples_differ(students, probe_x, spec):
     assert np.abs(p - mean_net[None]).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_mc_dropout_keeps_batchnorm_in_inference_mode(tmp_path):
   """cifar10_cnn has BatchNorm: a batch of one must get the same answer as
   the same image inside a larger batch (batch statistics would differ)."""
