@@ -12,6 +12,7 @@ from absl.testing import flagsaver
 
 from modelsteal import training
 from modelsteal.oracle import base as oracle_base
+from modelsteal.experiments import recipes as recipes_lib
 from modelsteal.experiments import steal as steal_lib
 from pipelines import steal
 
@@ -116,8 +117,8 @@ def test_bald_with_a_uq_student(tiny_npz, tmp_path):
 @pytest.mark.slow
 def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
                                                        monkeypatch):
-  real = steal_lib.student_recipe
-  monkeypatch.setattr(steal_lib, 'student_recipe',
+  real = recipes_lib.student_recipe
+  monkeypatch.setattr(recipes_lib, 'student_recipe',
                       lambda *a: {**real(*a), 'epochs': 4})
   wd = str(tmp_path)
   _main(**{k: v for k, v in _common(tiny_npz, wd,

@@ -17,10 +17,10 @@ import time
 
 from modelsteal.errors import ConfigError
 from modelsteal.experiments.common import run_name
-from modelsteal.experiments.steal import StealConfig
-from modelsteal.experiments.steal import prepare
-from modelsteal.experiments.steal import recipe_tag
-from modelsteal.experiments.steal import train_student
+from modelsteal.experiments.recipes import recipe_tag
+from modelsteal.experiments.stealing import StealConfig
+from modelsteal.experiments.stealing import prepare
+from modelsteal.experiments.stealing import train_student
 
 
 def run(cfg: StealConfig):

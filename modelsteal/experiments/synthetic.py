@@ -147,7 +147,7 @@ def run(cfg: SyntheticConfig):
   from modelsteal import synthetic  # pylint: disable=g-import-not-at-top
   from modelsteal.attacks import train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.synthetic.plots import plot_per_class_sweep  # pylint: disable=g-import-not-at-top
-  from modelsteal.experiments.steal import student_recipe  # pylint: disable=g-import-not-at-top
+  from modelsteal.experiments.recipes import student_recipe  # pylint: disable=g-import-not-at-top
 
   started = time.time()
   sizes = sorted({cfg.per_class, *cfg.sweep})

@@ -16,7 +16,7 @@ import time
 
 from modelsteal.errors import ConfigError
 from modelsteal.errors import UnknownNameError
-from modelsteal.experiments import steal
+from modelsteal.experiments import stealing as steal
 from modelsteal.experiments.common import run_name
 
 VARIANTS = ('hetero', 'bootstrap')
