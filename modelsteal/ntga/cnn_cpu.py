@@ -23,9 +23,9 @@ default, `MODELSTEAL_NTGA_THREADS` to set).
 
 The maths is `kernels.cnn_ntk`'s (same arcsin, same zero-derivative guard);
 `kernels.cnn_ntk(impl='cpu')` calls into this module as an XLA custom call
-(`forward`, `backward`, `val_loss_grad`), and tests/ntga_test.py and
-tests/ntga_kernel64_test.py check it against the XLA version, autodiff and
-neural-tangents.
+through XLA's typed FFI (`jax.ffi`; `forward`, `backward`, `val_loss_grad`),
+and tests/ntga_test.py and tests/ntga_kernel64_test.py check it against the
+XLA version, autodiff and neural-tangents' values.
 """
 
 from __future__ import annotations
@@ -54,15 +54,11 @@ def unavailable_reason() -> str | None:
   """Why the kernel cannot run in this process, or None where it can."""
   if numba is None:
     return "impl='cpu' needs numba: pip install numba"
-  import jax  # pylint: disable=g-import-not-at-top
-  major, minor = (int(v) for v in jax.__version__.split('.')[:2])
-  if (major, minor) >= (0, 6):
-    # XLA:CPU logs the original custom-call ABI as unsupported from JAX 0.6
-    # on and is removing it; the kernel is tested on 0.4.34-0.5.3 (the
-    # range neural-tangents 0.6.5 imports with).
-    return (f"impl='cpu' uses XLA's original custom-call ABI, which JAX "
-            f"{jax.__version__} no longer supports on CPUs (tested with JAX "
-            "0.4.34-0.5.3): use impl='xla'")
+  if ffi_api_version() is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    return (f"impl='cpu' needs jax.ffi and the XLA FFI headers of jaxlib "
+            f"(jax.ffi.include_dir()); JAX {jax.__version__} has none: "
+            "upgrade jax and jaxlib, or use impl='xla'")
   return None
 
 
@@ -1223,18 +1219,92 @@ def threads() -> int:
   return cpu.available_cores()
 
 
+# ------------------------------------------------------------ XLA's typed FFI
+# The handlers are numba `cfunc`s with XLA's typed FFI ABI (xla/ffi/api/
+# c_api.h, the interface `jax.ffi` documents): `XLA_FFI_Error *f(
+# XLA_FFI_CallFrame *)`, the call frame read by byte offset. These structs
+# only grow at their ends (the header's ABI rule) and the offsets below are
+# the same in the headers of jaxlib 0.5.3, 0.10.2 and 0.12.1. In int64 words
+# of the call frame: [1] extension_start, [4] stage (int32), [7] argument
+# count, [9] argument pointers, [12] result count, [14] result pointers; an
+# XLA_FFI_Buffer's data pointer is its word [3].
+_FFI_EXECUTE = 3   # XLA_FFI_ExecutionStage_EXECUTE
+_FFI_METADATA = 1  # XLA_FFI_Extension_Metadata
+
+
+@functools.lru_cache(maxsize=None)
+def ffi_api_version() -> tuple[int, int] | None:
+  """(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR) of the installed jaxlib's
+  headers (`jax.ffi.include_dir()`), or None where they are not found.
+
+  XLA asks a handler for the API version it was built against when the
+  handler is registered and refuses one that differs from its own; a numba
+  handler is built here, against the jaxlib it runs with."""
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  try:
+    import jax.ffi  # pylint: disable=g-import-not-at-top
+    path = os.path.join(jax.ffi.include_dir(), 'xla', 'ffi', 'api', 'c_api.h')
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except (ImportError, AttributeError, OSError):
+    return None
+  found = [re.search(rf'#define XLA_FFI_API_{k}\s+(\d+)', text)
+           for k in ('MAJOR', 'MINOR')]
+  if not all(found):
+    return None
+  return int(found[0].group(1)), int(found[1].group(1))
+
+
+if numba is not None:
+  @_small
+  def _ffi_metadata(frame, major, minor):
+    """Answers XLA's metadata query (at registration: the handler's API
+    version, no traits) if `frame` is one: True; else False."""
+    ext = numba.carray(frame, (2,), np.int64)[1]
+    while ext != 0:  # a chain of XLA_FFI_(Internal)Extension_Base
+      e = numba.carray(_voidp(ext), (6,), np.int32)
+      if e[2] == _FFI_METADATA:
+        md = numba.carray(_voidp(ext), (4,), np.int64)[3]
+        # XLA_FFI_Metadata: api_version.major_version, .minor_version at
+        # bytes 24, 28; traits at 32
+        v = numba.carray(_voidp(md), (9,), np.int32)
+        v[6], v[7], v[8] = major, minor, 0
+        return True
+      ext = numba.carray(_voidp(ext), (3,), np.int64)[2]
+    return False
+
+  @_jit
+  def _ffi_buffers(frame, results):
+    """The data pointers of the call frame's operands (or results), as
+    int64; the kernel's routines take them as a void** (`_unpack`)."""
+    f = numba.carray(frame, (15,), np.int64)
+    n, p = (f[12], f[14]) if results else (f[7], f[9])
+    bufs = numba.carray(_voidp(p), (n,), np.int64)
+    out = np.empty(max(n, 1), np.int64)
+    for i in range(n):
+      out[i] = numba.carray(_voidp(bufs[i]), (4,), np.int64)[3]
+    return out
+
+  @_small
+  def _ffi_stage(frame):
+    return numba.carray(frame, (10,), np.int32)[8]
+else:
+  _ffi_metadata = _ffi_buffers = _ffi_stage = None
+
+
 @functools.lru_cache(maxsize=None)
 def _targets(dtype_name: str) -> tuple[str, str, str]:
-  """Registers the XLA custom-call targets (forward, backward, fused
-  validation pass) of a dtype.
+  """Registers the XLA FFI targets (forward, backward, fused validation
+  pass) of a dtype.
 
-  Each is a numba `cfunc` with XLA:CPU's original custom-call ABI,
-  `void f(void **out, const void **in)`: inputs are the buffers of the
-  operands below in row-major layout, `out` the result buffer(s). A custom
-  call runs inside the XLA program on the device's thread, like any op: no
-  Python, no GIL, and JAX's asynchronous dispatch and several host devices
-  work as with the XLA kernel (a `jax.pure_callback` deadlocked there). It
-  spreads its column chunks over `threads()` threads (dims[10]).
+  Each is a numba `cfunc` with XLA's typed FFI ABI (see above): operands
+  and results are buffers in row-major layout, in the order of `_operands`.
+  A custom call runs inside the XLA program on the device's thread, like
+  any op: no Python, no GIL, and JAX's asynchronous dispatch and several
+  host devices work as with the XLA kernel (a `jax.pure_callback`
+  deadlocked there). It spreads its column chunks over `threads()` threads
+  (dims[10]).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from numba import types  # pylint: disable=g-import-not-at-top
@@ -1242,26 +1312,48 @@ def _targets(dtype_name: str) -> tuple[str, str, str]:
   sfx = 'f64' if dt == np.float64 else 'f32'
   _worker_symbol(sfx)
   dt_ = _F64 if sfx == 'f64' else _F32
-  ptrs = types.CPointer(types.voidptr)
+  # closure constants: part of numba's cache key, so a cached handler built
+  # against another jaxlib's FFI version is not reused
+  major, minor = ffi_api_version()
+  sig = types.voidptr(types.voidptr)
 
-  @numba.cfunc(types.void(types.voidptr, ptrs), **_CFUNC_OPTS)
-  def fwd_cc(out, ins):  # one result: out is its buffer
-    _forward_cc(out, ins, dt_)
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def fwd_ffi(frame):
+    if not _ffi_metadata(frame, major, minor) and (
+        _ffi_stage(frame) == _FFI_EXECUTE):
+      ins, outs = _ffi_buffers(frame, False), _ffi_buffers(frame, True)
+      _forward_cc(_voidp(outs[0]), _voidpp(_addr(ins.ctypes.data)), dt_)
+      _keep(ins)
+    return _voidp(0)  # NULL: no error
 
-  @numba.cfunc(types.void(ptrs, ptrs), **_CFUNC_OPTS)
-  def bwd_cc(out, ins):  # a tuple of results: out holds their buffers
-    _backward_cc(out, ins, dt_)
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def bwd_ffi(frame):
+    if not _ffi_metadata(frame, major, minor) and (
+        _ffi_stage(frame) == _FFI_EXECUTE):
+      ins, outs = _ffi_buffers(frame, False), _ffi_buffers(frame, True)
+      _backward_cc(_voidpp(_addr(outs.ctypes.data)),
+                   _voidpp(_addr(ins.ctypes.data)), dt_)
+      _keep(ins)
+      _keep(outs)
+    return _voidp(0)
 
-  @numba.cfunc(types.void(ptrs, ptrs), **_CFUNC_OPTS)
-  def val_cc(out, ins):
-    _val_cc(out, ins, dt_)
+  @numba.cfunc(sig, **_CFUNC_OPTS)
+  def val_ffi(frame):
+    if not _ffi_metadata(frame, major, minor) and (
+        _ffi_stage(frame) == _FFI_EXECUTE):
+      ins, outs = _ffi_buffers(frame, False), _ffi_buffers(frame, True)
+      _val_cc(_voidpp(_addr(outs.ctypes.data)),
+              _voidpp(_addr(ins.ctypes.data)), dt_)
+      _keep(ins)
+      _keep(outs)
+    return _voidp(0)
 
-  names = tuple(f'modelsteal_cnn_ntk_{k}_{dtype_name}'
+  names = tuple(f'modelsteal_cnn_ntk_ffi_{k}_{dtype_name}'
                 for k in ('fwd', 'bwd', 'val'))
-  for name, fn in zip(names, (fwd_cc, bwd_cc, val_cc)):
+  for name, fn in zip(names, (fwd_ffi, bwd_ffi, val_ffi)):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn.ctypes),
-                                platform='cpu', api_version=0)
-  _KEEP.extend((fwd_cc, bwd_cc, val_cc))  # the compiled code must outlive the call
+                                platform='cpu')
+  _KEEP.extend((fwd_ffi, bwd_ffi, val_ffi))  # the code must outlive the calls
   return names
 
 
@@ -1370,8 +1462,7 @@ def forward(f1, f2, w_var, b_var, dense_coeffs, sym=False):
   name = _targets(np.dtype(f1[0].dtype).name)[0]
   shape = (ops[2].shape[1] * IT, ops[7].shape[0] * JC)
   out, = jax.ffi.ffi_call(
-      name, (jax.ShapeDtypeStruct(shape, f1[0].dtype),),
-      custom_call_api_version=1)(*ops)
+      name, (jax.ShapeDtypeStruct(shape, f1[0].dtype),))(*ops)
   out = out[:n1, :n2]
   if sym:
     out = jnp.where(_sym_missing(n1), out.T, out)
@@ -1399,8 +1490,7 @@ def backward(f1, f2, g, need1, need2, w_var, b_var, dense_coeffs,
   gp = jnp.pad(g, ((0, nt * IT - n1), (0, nc * JC - n2)))
   shapes = [ops[i].shape for i in (2, 3, 5, 7, 8, 10)]
   gA, gqa1, gqa2, gB, gqb1, gqb2 = jax.ffi.ffi_call(
-      name, tuple(jax.ShapeDtypeStruct(s, p1.dtype) for s in shapes),
-      custom_call_api_version=1)(*ops, gp)
+      name, tuple(jax.ShapeDtypeStruct(s, p1.dtype) for s in shapes))(*ops, gp)
   s1 = h1 * w1
   hw2 = f1[2].shape[:2]
   g1 = (gA.reshape(s1, -1, f)[:, :n1].reshape(h1, w1, n1, f),
@@ -1442,7 +1532,6 @@ def val_loss_grad(f1, f2, alpha, y, w, w_var, b_var, dense_coeffs):
   w_p = jnp.pad(w.astype(dt), (0, nt * IT - n1))
   shapes = [(2,), (nc * JC, ncls)] + [ops[i].shape for i in (7, 8, 10)]
   stats, g_alpha, gB, gqb1, gqb2 = jax.ffi.ffi_call(
-      name, tuple(jax.ShapeDtypeStruct(s, dt) for s in shapes),
-      custom_call_api_version=1)(*ops, alpha_p, y_p, w_p)
+      name, tuple(jax.ShapeDtypeStruct(s, dt) for s in shapes))(*ops, alpha_p, y_p, w_p)
   g2 = _col_cotangents(gB, gqb1, gqb2, (h1, w1), f1[2].shape[:2], n2)
   return stats[0], stats[1], g2, g_alpha[:n2]
