@@ -280,7 +280,8 @@ class NTGA:
     if (self.dtype == jnp.float64 and
         jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64):
       raise ValueError('precision float64 needs JAX x64 mode: run inside '
-                       '`jax.experimental.enable_x64()`.')
+                       '`jax.enable_x64()` (JAX < 0.7: '
+                       '`jax.experimental.enable_x64()`).')
     self.devices = list(devices or jax.devices())
     self.n_devices = len(self.devices)
     self.n_val = len(x_val)

@@ -13,15 +13,18 @@ do not matter at infinite width.
 
 A kernel function here maps images `x1` (N1, H, W, C) and `x2` (N2, H, W, C)
 to the NTK (N1, N2), is traceable and differentiable by JAX in both
-arguments. The CNN kernel is `neural_tangents.stax`'s. The FNN kernel is
-written out in closed form (`fnn_ntk`) because neural-tangents' version spends
-most of its time in two places on a CPU: `arctan2`, which XLA evaluates one
-scalar at a time (about 16 ns per entry; a polynomial takes 0.3 ns), and an
-autodiff backward pass that makes many passes over the (N1, N2) matrices. The
-closed form uses a vectorisable `arcsin` (Abramowitz & Stegun 4.4.46, abs.
-error < 3e-7 in float32; float64 inputs use the exact `jnp.arcsin`) and a
-hand-written backward pass; `tests/ntga_test.py` checks both value and
-gradient against `neural_tangents`.
+arguments. Both kernels are written out in closed form (`fnn_ntk`,
+`cnn_ntk`) because neural-tangents' versions spend most of their time in two
+places on a CPU: `arctan2`, which XLA evaluates one scalar at a time (about
+16 ns per entry; a polynomial takes 0.3 ns), and an autodiff backward pass
+that makes many passes over the (N1, N2) matrices. The closed forms use a
+vectorisable `arcsin` (Abramowitz & Stegun 4.4.46, abs. error < 3e-7 in
+float32; float64 inputs use the exact `jnp.arcsin`) and hand-written
+backward passes. neural-tangents itself is optional (the `nt` extra,
+`kernel_impl='nt'`; it needs jax <= 0.5.3): `tests/ntga_test.py` and
+`tests/ntga_kernel64_test.py` check values and gradients against reference
+values it computed (`tests/fixtures/`), and against it live where it
+imports.
 """
 
 from __future__ import annotations
@@ -574,9 +577,46 @@ def cnn_ntk(x1, x2, w_var: float = W_VAR, b_var: float = B_VAR,
 
 
 # ------------------------------------------------------- neural-tangents stax
-def nt_fnn(depth: int = FNN_DEPTH, w_var: float = W_VAR, b_var: float = B_VAR):
-  """The same FNN through `neural_tangents.stax` (reference and fallback)."""
+NT_INSTALL = ('pip install -e ".[nt]" (neural-tangents 0.6.5, its last '
+              'release, needs jax/jaxlib 0.4.34-0.5.3: the extra installs '
+              'jax 0.5.3 in place of the current one)')
+
+
+def neural_tangents_unavailable() -> str | None:
+  """Why `neural_tangents` cannot be used here, or None where it can.
+
+  It is an optional extra (`nt`): the closed-form kernels do not need it.
+  Its last release imports `jax.core.Jaxpr`, gone from jax 0.6 on, so on a
+  current JAX the import fails with an AttributeError, not an ImportError.
+  """
+  try:
+    import neural_tangents  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return 'neural-tangents is not installed'
+  except Exception as e:  # pylint: disable=broad-except
+    return (f'neural-tangents does not import with jax {jax.__version__} '
+            f'({type(e).__name__}: {e})')
+  return None
+
+
+def _stax():
+  """`neural_tangents.stax`, or a ConfigError (field kernel_impl) saying
+  what to install."""
+  reason = neural_tangents_unavailable()
+  if reason:
+    from modelsteal.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(
+        'kernel_impl', f"'nt' (neural-tangents' own kernels) cannot run: "
+        f'{reason}. Install it with {NT_INSTALL}, or use closed_form (the '
+        'default: the same kernels in closed form).')
   from neural_tangents import stax  # pylint: disable=g-import-not-at-top
+  return stax
+
+
+def nt_fnn(depth: int = FNN_DEPTH, w_var: float = W_VAR, b_var: float = B_VAR):
+  """The same FNN through `neural_tangents.stax` (reference and fallback;
+  the optional `nt` extra)."""
+  stax = _stax()
   w, b = math.sqrt(w_var), math.sqrt(b_var)
   layers = [stax.Flatten()]
   for _ in range(depth):
@@ -586,8 +626,9 @@ def nt_fnn(depth: int = FNN_DEPTH, w_var: float = W_VAR, b_var: float = B_VAR):
 
 
 def nt_cnn(num_classes: int, w_var: float = W_VAR, b_var: float = B_VAR):
-  """NTGA's CNN surrogate through `neural_tangents.stax`."""
-  from neural_tangents import stax  # pylint: disable=g-import-not-at-top
+  """NTGA's CNN surrogate through `neural_tangents.stax` (the optional `nt`
+  extra)."""
+  stax = _stax()
   w, b = math.sqrt(w_var), math.sqrt(b_var)
   layers = []
   for _ in range(2):
@@ -609,7 +650,8 @@ def get_surrogate(name: str, num_classes: int,
     num_classes: K (the CNN's read-out width; irrelevant at infinite width
       but part of the architecture).
     kernel_impl: `closed_form` (`fnn_ntk`, `cnn_ntk`: fast, default) or
-      `nt` (neural-tangents' stax; slower, for comparison).
+      `nt` (neural-tangents' stax; slower, for comparison; needs the `nt`
+      extra, else a `modelsteal.errors.ConfigError` naming it).
   """
   if name == 'fnn':
     if kernel_impl == 'closed_form':
