@@ -100,17 +100,10 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from modelsteal import distribute as distribute_lib  # pylint: disable=g-import-not-at-top
   from modelsteal import models  # pylint: disable=g-import-not-at-top
-  from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
 
   strategy = strategy or tf.distribute.get_strategy()
   soft = targets.ndim == 2
-  if soft:
-    targets = np.asarray(targets, np.float32)
-    sums = targets.sum(axis=1, keepdims=True)
-    targets = np.where(sums > 0, targets / np.maximum(sums, 1e-12),
-                       1.0 / num_classes).astype(np.float32)
-  else:
-    targets = np.asarray(targets, np.int64)
+  targets = normalise_targets(targets, num_classes)
   keras.utils.set_random_seed(seed)
   # The recipe's batch is the global batch, split evenly over the replicas
   # (and, under `multiworker`, over the workers: tf.data shards it by
@@ -123,42 +116,9 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
     if model is None:
       model = models.build(arch, x.shape[1:], num_classes)
     trainer = wrap(model) if wrap else model
-    if config.schedule == 'cosine':
-      schedule = keras.optimizers.schedules.CosineDecay(
-          config.learning_rate, decay_steps=steps * config.epochs)
-    elif config.schedule == 'constant':
-      schedule = config.learning_rate
-    else:
-      raise ValueError(f"schedule must be 'cosine' or 'constant', got "
-                       f'{config.schedule!r}.')
-    if config.weight_decay:
-      opt = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-    else:
-      opt = keras.optimizers.Adam(schedule)
-    if soft:
-      loss = keras.losses.CategoricalCrossentropy(
-          from_logits=True, label_smoothing=config.label_smoothing)
-    else:
-      loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    trainer.compile(optimizer=opt, loss=loss,
-                    steps_per_execution=config.steps_per_execution,
-                    jit_compile=('auto' if config.jit_compile is None else
-                                 config.jit_compile))
-  augment = translation_augmenter(seed) if config.augment else None
-  # One iterator for the whole fit (the data repeated, `steps_per_epoch`):
-  # Keras restarts a finite dataset's iterator every epoch, which cost a
-  # 2,000-image student a third of its training time on a 2-core CPU. Each
-  # pass over the data is reshuffled; a batch may span two passes.
-  ds = make_tf_dataset(x, targets, batch_size, shuffle=True, seed=seed,
-                       augment=augment, repeat=True, drop_remainder=static)
-  if pair_augment is not None:
-    ds = ds.map(pair_augment, num_parallel_calls=tf.data.AUTOTUNE)
-  # tf.data's autotuning off: with an iterator still running at the end of
-  # the fit, its optimisation thread held up `fit`'s return for 17-20 s in
-  # about one run of three (BUILD_NOTES issue 9, session 12).
-  options = tf.data.Options()
-  options.autotune.enabled = DATA_AUTOTUNE
-  ds = ds.with_options(options)
+    compile_trainer(trainer, config, steps, soft)
+  ds = training_dataset(x, targets, batch_size, config, seed=seed,
+                        static=static, pair_augment=pair_augment)
   callbacks = list(callbacks)
   if backup_dir:
     callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
@@ -176,6 +136,70 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
       raise distribute_lib.lost_worker_error(e) from e
     raise
   return model
+
+
+def normalise_targets(targets: np.ndarray, num_classes: int) -> np.ndarray:
+  """int64 labels (N,), or float32 distributions (N, K) whose rows sum to 1
+  (all-zero rows become uniform)."""
+  if targets.ndim != 2:
+    return np.asarray(targets, np.int64)
+  targets = np.asarray(targets, np.float32)
+  sums = targets.sum(axis=1, keepdims=True)
+  return np.where(sums > 0, targets / np.maximum(sums, 1e-12),
+                  1.0 / num_classes).astype(np.float32)
+
+
+def compile_trainer(trainer, config: TrainConfig, steps_per_epoch: int,
+                    soft: bool) -> None:
+  """Compiles with the recipe's optimiser, schedule and loss (call inside
+  the strategy's scope)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  if config.schedule == 'cosine':
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
+  elif config.schedule == 'constant':
+    schedule = config.learning_rate
+  else:
+    raise ValueError(f"schedule must be 'cosine' or 'constant', got "
+                     f'{config.schedule!r}.')
+  if config.weight_decay:
+    opt = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+  else:
+    opt = keras.optimizers.Adam(schedule)
+  if soft:
+    loss = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=config.label_smoothing)
+  else:
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  trainer.compile(optimizer=opt, loss=loss,
+                  steps_per_execution=config.steps_per_execution,
+                  jit_compile=('auto' if config.jit_compile is None else
+                               config.jit_compile))
+
+
+def training_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int,
+                     config: TrainConfig, *, seed: int, static: bool,
+                     pair_augment=None):
+  """The fit's tf.data pipeline: shuffled, augmented as the recipe says,
+  repeated (one iterator for the whole fit)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
+  augment = translation_augmenter(seed) if config.augment else None
+  # One iterator for the whole fit (the data repeated, `steps_per_epoch`):
+  # Keras restarts a finite dataset's iterator every epoch, a large share of
+  # a small student's training time on a 2-core CPU (BUILD_NOTES.md,
+  # "Active strategies"). Each pass over the data is reshuffled; a batch may
+  # span two passes.
+  ds = make_tf_dataset(x, targets, batch_size, shuffle=True, seed=seed,
+                       augment=augment, repeat=True, drop_remainder=static)
+  if pair_augment is not None:
+    ds = ds.map(pair_augment, num_parallel_calls=tf.data.AUTOTUNE)
+  # tf.data's autotuning off: with an iterator still running at the end of
+  # the fit, its optimisation thread sometimes held up `fit`'s return by
+  # many seconds (BUILD_NOTES.md, "Active strategies").
+  options = tf.data.Options()
+  options.autotune.enabled = DATA_AUTOTUNE
+  return ds.with_options(options)
 
 
 def predict_logits(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -139,23 +139,73 @@ def _real_test_accuracy(model_artifact, splits) -> float:
   return float((probs.argmax(1) == test['y']).mean())
 
 
+def _sizes(cfg: SyntheticConfig) -> list[int]:
+  """The images-per-class values to train with (capped in smoke runs)."""
+  sizes = sorted({cfg.per_class, *cfg.sweep})
+  if cfg.smoke and max(sizes) > SMOKE_PER_CLASS:
+    print(f'[synthetic] notice: smoke run: images per class capped to '
+          f'{SMOKE_PER_CLASS}.', flush=True)
+    sizes = sorted({min(n, SMOKE_PER_CLASS) for n in sizes})
+  return sizes
+
+
+def _train_on(cfg: SyntheticConfig, wd: str, steps: Steps, data: str,
+              examples, n: int, splits, num_classes: int,
+              filter_name: str) -> list[dict]:
+  """Each classifier trained on `examples` (n per class), scored on the real
+  test split: one row each."""
+  from modelsteal.attacks import train_model  # pylint: disable=g-import-not-at-top
+  from modelsteal.experiments.recipes import student_recipe  # pylint: disable=g-import-not-at-top
+  rows = []
+  total = n * num_classes
+  for arch in cfg.classifiers:
+    res = train_model.run(wd, examples=examples, arch=arch,
+                          recipe=student_recipe(arch, total, cfg.smoke),
+                          split='train', targets='y', seed=cfg.seed)
+    steps.record(f'train {arch} on {n}/class {data}', res)
+    rows.append({'classifier': arch, 'data': data, 'per_class': n,
+                 'train_size': total, 'filter': filter_name,
+                 'accuracy': _real_test_accuracy(res['model'], splits),
+                 'train_s': round(res.duration_s, 1)})
+  return rows
+
+
+def comparison_table(long, gen_name: str):
+  """Generated beside real, one row per classifier and images per class,
+  from the per-training rows of `run`."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  keys = ['classifier', 'per_class']
+  gen_rows = long[long['data'] == 'generated'].set_index(keys)
+  real_rows = long[long['data'] == 'real'].set_index(keys)
+  table = pd.DataFrame({
+      'generator': gen_name,
+      'filter': gen_rows['filter'],
+      'train_size': gen_rows['train_size'],
+      'acc_generated': gen_rows['accuracy'],
+      'acc_real': real_rows['accuracy'],
+  }).reset_index()
+  table['gap_points'] = (100 * (table['acc_real'] -
+                                table['acc_generated'])).round(2)
+  return table.sort_values(['per_class', 'classifier'], kind='stable')
+
+
+LEGEND = """\
+acc_generated  real-test accuracy, trained on generated images only
+acc_real       the same classifier on as many real images (the attacker's pool)
+gap_points     acc_real - acc_generated, in percentage points
+filter         none, or confidence:T (the generator's own classifier)"""
+
+
 def run(cfg: SyntheticConfig):
   """Runs the comparison; returns (results DataFrame, output directory)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
   from modelsteal import evaluation  # pylint: disable=g-import-not-at-top
-  from modelsteal import models  # pylint: disable=g-import-not-at-top
   from modelsteal import synthetic  # pylint: disable=g-import-not-at-top
-  from modelsteal.attacks import train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.synthetic.plots import plot_per_class_sweep  # pylint: disable=g-import-not-at-top
-  from modelsteal.experiments.recipes import student_recipe  # pylint: disable=g-import-not-at-top
 
   started = time.time()
-  sizes = sorted({cfg.per_class, *cfg.sweep})
+  sizes = _sizes(cfg)
   min_conf = synthetic.parse_filter(cfg.filter)
-  if cfg.smoke and max(sizes) > SMOKE_PER_CLASS:
-    print(f'[synthetic] notice: --smoke: images per class capped to '
-          f'{SMOKE_PER_CLASS}.', flush=True)
-    sizes = sorted({min(n, SMOKE_PER_CLASS) for n in sizes})
   wd = os.path.abspath(cfg.workdir)
   steps = Steps('synthetic')
   dataset_name = cfg.dataset or 'mnist'
@@ -182,37 +232,12 @@ def run(cfg: SyntheticConfig):
     real = synthetic.sample_per_class.run(wd, examples=splits, per_class=n,
                                           seed=cfg.seed)
     steps.record(f'sample_per_class per_class={n} (real)', real)
-    for data, examples in (('generated', mined['mined']),
-                           ('real', real['sampled'])):
-      for arch in cfg.classifiers:
-        total = n * dataset.num_classes
-        res = train_model.run(wd, examples=examples, arch=arch,
-                              recipe=student_recipe(arch, total, cfg.smoke),
-                              split='train', targets='y', seed=cfg.seed)
-        steps.record(f'train {arch} on {n}/class {data}', res)
-        rows.append({
-            'classifier': arch, 'data': data, 'per_class': n,
-            'train_size': total,
-            'filter': mined['mined'].properties['filter'] if
-                      data == 'generated' else '',
-            'accuracy': _real_test_accuracy(res['model'], splits),
-            'train_s': round(res.duration_s, 1)})
-
+    rows += _train_on(cfg, wd, steps, 'generated', mined['mined'], n, splits,
+                      dataset.num_classes, mined['mined'].properties['filter'])
+    rows += _train_on(cfg, wd, steps, 'real', real['sampled'], n, splits,
+                      dataset.num_classes, '')
   long = pd.DataFrame(rows)
-  gen_rows = long[long['data'] == 'generated'].set_index(
-      ['classifier', 'per_class'])
-  real_rows = long[long['data'] == 'real'].set_index(
-      ['classifier', 'per_class'])
-  table = pd.DataFrame({
-      'generator': gen_name,
-      'filter': gen_rows['filter'],
-      'train_size': gen_rows['train_size'],
-      'acc_generated': gen_rows['accuracy'],
-      'acc_real': real_rows['accuracy'],
-  }).reset_index()
-  table['gap_points'] = (100 * (table['acc_real'] -
-                                table['acc_generated'])).round(2)
-  table = table.sort_values(['per_class', 'classifier'], kind='stable')
+  table = comparison_table(long, gen_name)
 
   name = run_name(
       [dataset.name, gen_name, f'n{"_".join(map(str, sizes))}',
@@ -226,12 +251,7 @@ def run(cfg: SyntheticConfig):
       gen, os.path.join(out_dir, 'samples.png'), seed=cfg.seed,
       title=f'{gen_name}: generated samples per class')
   print('\n' + evaluation.format_table(table))
-  print('acc_generated  real-test accuracy, trained on generated images only\n'
-        'acc_real       the same classifier on as many real images (the '
-        "attacker's pool)\n"
-        'gap_points     acc_real - acc_generated, in percentage points\n'
-        "filter         none, or confidence:T (the generator's own "
-        'classifier)')
+  print(LEGEND)
   if len(sizes) > 1:
     plot = plot_per_class_sweep(
         long, os.path.join(out_dir, 'per_class_sweep.png'),
@@ -240,5 +260,3 @@ def run(cfg: SyntheticConfig):
   print(f'samples:  {grid}\nresults:  {csv_path}\n          {json_path}')
   print(f'total time {time.time() - started:.1f}s', flush=True)
   return table, out_dir
-
-

@@ -151,6 +151,38 @@ def parse_filter(spec: str) -> float:
                     'class).')
 
 
+def _cached_chunk(gen, root: str, c: int, i: int, chunk: int, seed: int):
+  """(chunk i of class c, images generated fresh for it): read from the
+  cache, or generated, scored, written there and read back (what a resumed
+  run reads)."""
+  path = os.path.join(root, str(c), f's{seed}-c{chunk}-{i}.npz')
+  if os.path.exists(path):
+    return load_split(path), 0
+  x = gen.generate(c, chunk, seed=_chunk_seed(seed, i))
+  extra = {}
+  scores = gen.scores(x)
+  if scores is not None:
+    extra['scores'] = np.asarray(scores, np.float32)
+  save_split(path, x, np.full(len(x), c, np.int64), **extra)
+  return load_split(path), len(x)
+
+
+def _write_splits(mined, x, y, conf, heldout_fraction: float,
+                  seed: int) -> dict:
+  """Writes `train` and, with a held-out fraction, a seeded `pool` /
+  `heldout` split of it; returns the sizes."""
+  mined.save_split('train', x, y, confidence=conf)
+  sizes = {'train': int(len(y))}
+  if heldout_fraction > 0:
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_held = int(round(len(y) * heldout_fraction))
+    for split, rows in (('heldout', perm[:n_held]), ('pool', perm[n_held:])):
+      rows = np.sort(rows)
+      mined.save_split(split, x[rows], y[rows], idx=rows)
+      sizes[split] = int(len(rows))
+  return sizes
+
+
 @component
 def mine_images(*, mined: OutputArtifact[Examples],
                 generator: Parameter[dict],
@@ -210,19 +242,8 @@ def mine_images(*, mined: OutputArtifact[Examples],
               f'only {kept} of the {i * chunk} images generated for class '
               f'{names[c]!r} reach confidence {min_confidence}; lower the '
               'filter threshold or use {filter}=none.')
-        path = os.path.join(root, str(c), f's{seed}-c{chunk}-{i}.npz')
-        if os.path.exists(path):
-          part = load_split(path)
-        else:
-          x = gen.generate(c, chunk, seed=_chunk_seed(seed, i))
-          part = {'x': x, 'y': np.full(len(x), c, np.int64)}
-          scores = gen.scores(x)
-          if scores is not None:
-            part['scores'] = np.asarray(scores, np.float32)
-          save_split(path, part['x'], part['y'],
-                     **({'scores': part['scores']} if 'scores' in part else {}))
-          part = load_split(path)  # what a resumed run will read
-          fresh += len(x)
+        part, new = _cached_chunk(gen, root, c, i, chunk, seed)
+        fresh += new
         total += len(part['x'])
         conf = (part['scores'][:, c] if 'scores' in part else
                 np.full(len(part['x']), np.nan, np.float32))
@@ -242,15 +263,7 @@ def mine_images(*, mined: OutputArtifact[Examples],
         bar.update(len(keep))
         i += 1
   x, y, conf = np.concatenate(xs), np.concatenate(ys), np.concatenate(confs)
-  mined.save_split('train', x, y, confidence=conf)
-  sizes = {'train': int(len(y))}
-  if heldout_fraction > 0:
-    perm = np.random.default_rng(seed).permutation(len(y))
-    n_held = int(round(len(y) * heldout_fraction))
-    for split, rows in (('heldout', perm[:n_held]), ('pool', perm[n_held:])):
-      rows = np.sort(rows)
-      mined.save_split(split, x[rows], y[rows], idx=rows)
-      sizes[split] = int(len(rows))
+  sizes = _write_splits(mined, x, y, conf, heldout_fraction, seed)
   mined.properties.update({
       'name': f'generated:{generator.get("name") or gen.source}',
       'source': gen.source, 'num_classes': len(names),
