@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modelsteal.errors import ConfigError
 from modelsteal.ntga import kernels
 
 
@@ -94,28 +95,28 @@ class AttackConfig:
 
   def validate(self) -> None:
     if not 0 < self.eps <= 1:
-      raise ValueError(f'eps must be in (0, 1] (pixels are in [0, 1]), got '
-                       f'{self.eps}.')
+      raise ConfigError('eps', f'must be in (0, 1] (pixels are in [0, 1]), '
+                        f'got {self.eps}.')
     if not 0 < self.step <= self.eps:
-      raise ValueError(f'eps_iter must be in (0, eps={self.eps}], got '
-                       f'{self.step}.')
+      raise ConfigError('eps_iter', f'must be in (0, {{eps}}={self.eps}], '
+                        f'got {self.step}.')
     if self.official and self.rand_init:
-      raise ValueError('official mode starts from the clean block: drop '
-                       'rand_init.')
+      raise ConfigError('official', 'mode starts from the clean block: drop '
+                        '{rand_init}.')
     if self.nb_iter < 1:
-      raise ValueError(f'nb_iter must be at least 1, got {self.nb_iter}.')
+      raise ConfigError('nb_iter', f'must be at least 1, got {self.nb_iter}.')
     if self.t <= 0:
-      raise ValueError(f't must be positive, got {self.t}.')
+      raise ConfigError('t', f'must be positive, got {self.t}.')
     if self.diag_reg < 0:
-      raise ValueError(f'diag_reg must be >= 0, got {self.diag_reg}.')
+      raise ConfigError('diag_reg', f'must be >= 0, got {self.diag_reg}.')
     if self.precision not in ('float32', 'float64'):
-      raise ValueError(f'precision must be float32 or float64, got '
-                       f'{self.precision!r}.')
+      raise ConfigError('precision', f'must be float32 or float64, got '
+                        f'{self.precision!r}.')
     if self.val_batch_size < 1:
-      raise ValueError('val_batch_size must be at least 1.')
+      raise ConfigError('val_batch_size', 'must be at least 1.')
     if self.val_sample < 0:
-      raise ValueError(f'val_sample must be >= 0 (0: the whole validation '
-                       f'target), got {self.val_sample}.')
+      raise ConfigError('val_sample', f'must be >= 0 (0: the whole '
+                        f'validation target), got {self.val_sample}.')
 
 
 # ------------------------------------------------------------ GP mean weights
@@ -286,8 +287,8 @@ class NTGA:
     self.n_devices = len(self.devices)
     self.n_val = len(x_val)
     if config.val_sample > self.n_val:
-      raise ValueError(f'val_sample ({config.val_sample}) exceeds the '
-                       f'validation target ({self.n_val} images).')
+      raise ConfigError('val_sample', f'({config.val_sample}) exceeds the '
+                        f'validation target ({self.n_val} images).')
     self._pool = None
     if 0 < config.val_sample < self.n_val:
       # kept on the host; each gradient ships its own draw

@@ -43,6 +43,7 @@ from modelsteal.component import OutputArtifact
 from modelsteal.component import Parameter
 from modelsteal.component import component
 from modelsteal.component import scratch_dir
+from modelsteal.errors import ConfigError
 
 # Defaults per dataset (the paper's section 4).
 DEFAULTS = {
@@ -62,14 +63,15 @@ def split_for_attack(n: int, val_size: int, seed: int,
                      train_size: int | None = None):
   """(poison order, validation indices) of a training split of n images."""
   if not 0 < val_size < n:
-    raise ValueError(f'val_size must be in [1, {n - 1}] for a training split '
-                     f'of {n} images, got {val_size}.')
+    raise ConfigError('val_size', f'must be in [1, {n - 1}] for a training '
+                      f'split of {n} images, got {val_size}.')
   perm = np.random.default_rng(seed).permutation(n)
   poison, val = perm[:n - val_size], perm[n - val_size:]
   if train_size:
     if train_size > len(poison):
-      raise ValueError(f'train_size {train_size} exceeds the {len(poison)} '
-                       f'images left after the {val_size} validation images.')
+      raise ConfigError('train_size', f'{train_size} exceeds the '
+                        f'{len(poison)} images left after the {val_size} '
+                        'validation images.')
     poison = poison[:train_size]
   return poison, val
 
@@ -77,7 +79,7 @@ def split_for_attack(n: int, val_size: int, seed: int,
 def make_blocks(order: np.ndarray, block_size: int) -> list[np.ndarray]:
   """ceil(N / block_size) nearly equal consecutive parts of `order`."""
   if block_size < 2:
-    raise ValueError(f'block_size must be at least 2, got {block_size}.')
+    raise ConfigError('block_size', f'must be at least 2, got {block_size}.')
   n_blocks = max(1, math.ceil(len(order) / block_size))
   return np.array_split(order, n_blocks)
 
@@ -199,8 +201,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
   num_classes = int(examples.properties.get('num_classes',
                                             int(y_all.max()) + 1))
   if val_sample > val_size:
-    raise ValueError(f'val_sample ({val_sample}) exceeds the validation '
-                     f'target (val_size {val_size}).')
+    raise ConfigError('val_sample', f'({val_sample}) exceeds the validation '
+                      f'target ({{val_size}} {val_size}).')
   poison_order, val_idx = split_for_attack(len(y_all), val_size, seed,
                                            train_size or None)
   blocks = make_blocks(poison_order, block_size)
@@ -230,51 +232,12 @@ def generate_ntga(*, examples: InputArtifact[Examples],
         f'{len(devices)} x {devices[0].platform} device(s); finished blocks '
         f'are kept in {scratch}', flush=True)
 
-  x_adv = np.empty((len(poison_order),) + x_all.shape[1:], np.float32)
-  stats = []
   started = time.time()
-  computed_time, computed_blocks = 0.0, 0
   with attack_lib.precision_scope(precision):
     attack = attack_lib.NTGA(sur.kernel_fn, x_all[val_idx], y_all[val_idx],
                              num_classes, cfg, devices)
-    key = jax.random.PRNGKey(seed)
-    offset = 0
-    for b, rows in enumerate(blocks):
-      path = os.path.join(scratch, f'block_{b:05d}.npz')
-      found = _load_block(path, rows)
-      if found is not None:
-        xb_adv, st = found
-        note = 'resumed'
-      else:
-        t0 = time.time()
-
-        def step_line(i, loss, b=b, t0=t0):
-          # slow surrogates (CNN on a CPU): a line per PGD step too
-          if time.time() - t0 > 20:
-            print(f'[ntga]   block {b + 1} step {i + 1}/{cfg.steps}: val loss '
-                  f'{loss:.4f}, {time.time() - t0:.0f}s into the block',
-                  flush=True)
-
-        xb_adv, st = attack.attack_block(x_all[rows], y_all[rows],
-                                         jax.random.fold_in(key, b),
-                                         callback=step_line)
-        st['seconds'] = time.time() - t0
-        _save_block(path, x=xb_adv, idx=rows, stats=json.dumps(st))
-        computed_time += st['seconds']
-        computed_blocks += 1
-        note = f'{st["seconds"]:.1f}s'
-      x_adv[offset:offset + len(rows)] = xb_adv
-      offset += len(rows)
-      st = dict(st, block=b, size=len(rows))
-      stats.append(st)
-      left = len(blocks) - b - 1
-      eta = (computed_time / computed_blocks * left) if computed_blocks else 0
-      print(f'[ntga] block {b + 1}/{len(blocks)} ({len(rows)} images): val '
-            f'loss {st["loss"][0]:.3f} -> {st["loss"][-1]:.3f}, surrogate val '
-            f'acc {100 * st["val_accuracy"][0]:.1f}% -> '
-            f'{100 * st["val_accuracy"][-1]:.1f}%, {note}'
-            + (f', ETA {_fmt_time(eta)}' if left and computed_blocks else ''),
-            flush=True)
+    x_adv, stats = _attack_blocks(attack, x_all, y_all, blocks, scratch,
+                                  jax.random.PRNGKey(seed), cfg.steps)
 
   # back to the source order
   order = np.argsort(poison_order, kind='stable')
@@ -288,10 +251,8 @@ def generate_ntga(*, examples: InputArtifact[Examples],
                       idx=np.arange(len(test['y'])))
   save_grid(poisoned.path('examples.png'), clean[:8], x_out[:8], eps)
   _write_block_table(poisoned.path('blocks.csv'), stats)
-  loss0 = float(np.mean([s['loss'][0] for s in stats]))
-  loss1 = float(np.mean([s['loss'][-1] for s in stats]))
-  acc0 = float(np.mean([s['val_accuracy'][0] for s in stats]))
-  acc1 = float(np.mean([s['val_accuracy'][-1] for s in stats]))
+  (loss0, loss1), (acc0, acc1) = (_mean_first_last(stats, 'loss'),
+                                  _mean_first_last(stats, 'val_accuracy'))
   seconds = [s['seconds'] for s in stats if 'seconds' in s]
   poisoned.properties.update({
       'name': f'{examples.properties.get("name", "data")}_ntga_{surrogate}',
@@ -307,14 +268,7 @@ def generate_ntga(*, examples: InputArtifact[Examples],
       'mode': 'official one-step' if official else 'PGD',
       'block_size': block_size, 'blocks': len(blocks),
       'val_size': int(len(val_idx)), 'seed': seed, 'rand_init': rand_init,
-      'validation_target': (
-          f'{len(val_idx)} training images held out of the poisoned set; the '
-          'attack maximises the surrogate GP loss on them, so a smaller '
-          'target makes each gradient proportionally cheaper and the '
-          'attack\'s objective noisier'
-          + (f'; each gradient and final loss used {val_sample} of them, '
-             'drawn afresh (the loss figures are estimates from those draws)'
-             if val_sample else '')),
+      'validation_target': _validation_target(len(val_idx), val_sample),
       'val_sample': val_sample,
       'diag_reg': diag_reg, 'precision': precision,
       'kernel_impl': kernel_impl, 'val_batch_size': cfg.val_batch_size,
@@ -338,6 +292,73 @@ def generate_ntga(*, examples: InputArtifact[Examples],
         f'accuracy {100 * acc0:.1f}% -> {100 * acc1:.1f}% (mean over blocks); '
         f'max |delta| {poisoned.properties["max_abs_perturbation"]:.4f}',
         flush=True)
+
+
+def _attack_blocks(attack, x_all, y_all, blocks, scratch: str, key,
+                   steps: int):
+  """(poisoned images in block order, per-block stats): each block attacked
+  and written to `scratch` as it finishes, or read back from an earlier,
+  interrupted run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  x_adv = np.empty((sum(len(r) for r in blocks),) + x_all.shape[1:],
+                   np.float32)
+  stats = []
+  computed_time, computed_blocks = 0.0, 0
+  offset = 0
+  for b, rows in enumerate(blocks):
+    path = os.path.join(scratch, f'block_{b:05d}.npz')
+    found = _load_block(path, rows)
+    if found is not None:
+      xb_adv, st = found
+      note = 'resumed'
+    else:
+      t0 = time.time()
+
+      def step_line(i, loss, b=b, t0=t0):
+        # slow surrogates (CNN on a CPU): a line per PGD step too
+        if time.time() - t0 > 20:
+          print(f'[ntga]   block {b + 1} step {i + 1}/{steps}: val loss '
+                f'{loss:.4f}, {time.time() - t0:.0f}s into the block',
+                flush=True)
+
+      xb_adv, st = attack.attack_block(x_all[rows], y_all[rows],
+                                       jax.random.fold_in(key, b),
+                                       callback=step_line)
+      st['seconds'] = time.time() - t0
+      _save_block(path, x=xb_adv, idx=rows, stats=json.dumps(st))
+      computed_time += st['seconds']
+      computed_blocks += 1
+      note = f'{st["seconds"]:.1f}s'
+    x_adv[offset:offset + len(rows)] = xb_adv
+    offset += len(rows)
+    st = dict(st, block=b, size=len(rows))
+    stats.append(st)
+    left = len(blocks) - b - 1
+    eta = (computed_time / computed_blocks * left) if computed_blocks else 0
+    print(f'[ntga] block {b + 1}/{len(blocks)} ({len(rows)} images): val '
+          f'loss {st["loss"][0]:.3f} -> {st["loss"][-1]:.3f}, surrogate val '
+          f'acc {100 * st["val_accuracy"][0]:.1f}% -> '
+          f'{100 * st["val_accuracy"][-1]:.1f}%, {note}'
+          + (f', ETA {_fmt_time(eta)}' if left and computed_blocks else ''),
+          flush=True)
+  return x_adv, stats
+
+
+def _mean_first_last(stats: list[dict], key: str) -> tuple[float, float]:
+  """The mean over blocks of a per-step figure's first and last value."""
+  return (float(np.mean([s[key][0] for s in stats])),
+          float(np.mean([s[key][-1] for s in stats])))
+
+
+def _validation_target(size: int, val_sample: int) -> str:
+  """The run record's words on the validation target."""
+  return (f'{size} training images held out of the poisoned set; the attack '
+          'maximises the surrogate GP loss on them, so a smaller target makes '
+          "each gradient proportionally cheaper and the attack's objective "
+          'noisier'
+          + (f'; each gradient and final loss used {val_sample} of them, '
+             'drawn afresh (the loss figures are estimates from those draws)'
+             if val_sample else ''))
 
 
 def _write_block_table(path: str, stats: list[dict]) -> None:
