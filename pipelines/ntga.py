@@ -117,7 +117,7 @@ def tune_process():
   # "NTGA generation").
   cpu.keep_freed_memory()  # no page faults per gradient (see cpu.py)
   # one BLAS thread for jaxlib's eigh: OpenBLAS's spinning pool made
-  # gradients 3-8x slower beside another process (see cpu.py)
+  # gradients several times slower beside another process (see cpu.py)
   cpu.limit_blas_threads(1)
 
 

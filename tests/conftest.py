@@ -13,7 +13,7 @@ if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
 # The longest files first (seconds alone on the 2-core CPU, BUILD_NOTES.md
-# "Whole suite"): under `-n 2 --dist loadfile` (pytest.ini) each file runs
+# "Test suite"): under `-n 2 --dist loadfile` (pytest.ini) each file runs
 # whole on one worker, in this order, so the long ones do not start last
 # and leave one worker idle at the end. Files not listed keep their order,
 # after these.

@@ -172,7 +172,7 @@ def deepfool_distance(model, x: np.ndarray, max_iter: int = 10,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   # One traced graph for all batches and iterations (an eager
-  # batch_jacobian re-vectorises the model on every call: ~100x slower).
+  # batch_jacobian re-vectorises the model on every call, far slower).
   @tf.function(reduce_retracing=True)
   def logits_and_jacobian(xa):
     with tf.GradientTape() as tape:
@@ -211,8 +211,9 @@ def deepfool_distance(model, x: np.ndarray, max_iter: int = 10,
   return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-MAX_DFAL_CANDIDATES = 2000  # DeepFool on a random subset of the free pool
-# (about 30 s per 1,000 mnist_cnn candidates on one contended CPU core)
+# DeepFool on a random subset of the free pool: DeepFool costs many forward
+# and backward passes per candidate (BUILD_NOTES.md, "Active strategies").
+MAX_DFAL_CANDIDATES = 2000
 
 
 def _dfal_candidates(pool_x, m, rng, student, chosen):

@@ -40,7 +40,8 @@ DEFENSES = ('none', 'jpeg:Q', 'grayscale', 'bitdepth:B', 'median:K', 'blur:S',
 
 # The table `--defense=all` runs: each part alone, and bit-depth reduction
 # with crops. On NTGA-FNN MNIST, `bitdepth:1` alone measured strongest
-# (BUILD_NOTES.md, issue 5); the combination is kept as the augmented variant.
+# (BUILD_NOTES.md, "Training defences"); the combination is kept as the
+# augmented variant.
 ALL_DEFENSES = ('none', 'jpeg:10', 'grayscale', 'bitdepth:1', 'median:3',
                 'blur:1', 'crop', 'cutout', 'mixup', 'cutmix', 'adv:0.3',
                 'bitdepth:1+crop')

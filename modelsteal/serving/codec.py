@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-try:  # 2-3x faster on the float arrays requests carry; optional
+try:  # faster on the float arrays requests carry (BUILD_NOTES.md, "Serving"); optional
   import orjson  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - depends on the environment
   orjson = None

@@ -7,15 +7,14 @@ one-hot vector. The decoder outputs one Bernoulli logit per pixel; images
 are *sampled* from those Bernoulli pixels rather than shown as their means
 (mean images are blurry, averages of many strokes; sampled ones have the
 sharp, varied strokes of real digits, and a classifier trained on them
-generalises better: issue 10 measured 92.9% against 88.6%).
+generalises better: BUILD_NOTES.md, "Generated queries and synthetic data").
 
-Why this model (BUILD_NOTES.md, "Issue 10"): on a CPU, sample quality and
-diversity per CPU-minute decide. A conditional DCGAN needs many epochs to
-stop collapsing (11-23% CNN accuracy after 10 minutes in issue 10's
-measurements), a diffusion U-Net costs tens of minutes per epoch and
-minutes per thousand samples, while an MLP VAE trains an MNIST epoch in
-seconds and samples thousands of images per second, with likelihood
-training that covers every mode of every class.
+Why this model (the same section has the figures): on a CPU, sample quality
+and diversity per CPU-minute decide. A conditional DCGAN needs many epochs
+to stop collapsing, a diffusion U-Net costs far more per epoch and per
+sample, while an MLP VAE trains an MNIST epoch in seconds and samples
+thousands of images per second, with likelihood training that covers every
+mode of every class.
 
 Export (`export_generator`) writes a SavedModel with signatures
 

@@ -143,7 +143,7 @@ class UQStudent:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if getattr(self, '_probs_fn', None) is None:
       # Traced once (the S samples unrolled, as in the export): graph mode
-      # is ~3x faster than S eager passes per batch.
+      # is much faster than S eager passes per batch.
       self._probs_fn = tf.function(
           lambda b: tf.nn.softmax(self.sample_logits(b), axis=-1),
           input_signature=[tf.TensorSpec([None, *self.input_shape],
