@@ -101,3 +101,128 @@ def test_corrupt_split_file_gives_clear_error(tiny_npz, tmp_path):
     f.truncate(os.path.getsize(path) // 3)
   with pytest.raises(ArtifactError, match='corrupt or truncated.*delete'):
     ex.load_split('train')
+
+
+# ------------------------------------------------- npz files of the wrong kind
+def _npz(tmp_path, name='bad.npz', **overrides):
+  """A CIFAR-shaped npz (24 train / 8 test, 3 classes) with `overrides`."""
+  rng = np.random.default_rng(0)
+  arrays = {'x_train': rng.integers(0, 256, (24, 32, 32, 3), np.uint8),
+            'y_train': np.arange(24) % 3,
+            'x_test': rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
+            'y_test': np.arange(8) % 3}
+  arrays.update(overrides)
+  path = tmp_path / name
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_cifar_shaped_npz_loads_as_rgb_floats(tmp_path):
+  ds = data.load_dataset(_npz(tmp_path, 'ok.npz'))
+  assert ds.shape == (32, 32, 3) and ds.x_train.dtype == np.float32
+  assert ds.x_train.max() <= 1.0 and ds.num_classes == 3
+  assert ds.note == '' and ds.label == 'ok'
+
+
+@pytest.mark.parametrize('overrides, match', [
+    # wrong shape
+    ({'x_train': np.zeros((24, 3, 32, 32), np.uint8)}, 'channels-first'),
+    ({'x_test': np.zeros((8, 28, 28, 1), np.uint8)}, 'differ in shape'),
+    ({'x_train': np.zeros((24, 3072), np.uint8)}, r'got shape \(24, 3072\)'),
+    ({'y_train': np.eye(3)[np.arange(24) % 3]}, 'one-hot'),
+    ({'y_test': np.arange(5) % 3}, '5 labels for 8 images'),
+    # wrong dtype
+    ({'x_train': np.full((24, 32, 32, 3), 300, np.int32)}, 'int32.*0..255'),
+    ({'x_train': np.full((24, 32, 32, 3), 255.0)}, 'look like 0..255'),
+    ({'x_test': np.zeros((8, 32, 32, 3), bool)}, 'dtype bool'),
+    ({'x_test': np.full((8, 32, 32, 3), 'a')}, 'dtype <U1'),
+    ({'y_train': np.full(24, 'cat')}, 'labels must be integer'),
+    ({'y_train': np.full(24, 0.5)}, 'labels must be integer'),
+    # labels out of range
+    ({'y_test': np.full(8, -1)}, 'negative label -1'),
+    ({'y_train': np.arange(24) % 3 + 1, 'y_test': np.arange(8) % 3 + 1},
+     'out of range.*1-based'),
+    ({'y_test': np.full(8, 255)}, 'out of range.*largest label is 255'),
+    ({'y_test': np.full(8, 5), 'num_classes': np.array(3)},
+     'test labels: label 5 is out of range for 3 classes'),
+])
+def test_bad_npz_gives_one_clear_data_error(tmp_path, overrides, match):
+  path = _npz(tmp_path, **overrides)
+  with pytest.raises(data.DataError, match=match) as e:
+    data.load_dataset(path)
+  assert '\n' not in str(e.value)  # one `error:` line in a pipeline
+  from modelsteal.errors import UserError  # pylint: disable=g-import-not-at-top
+  assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+
+
+def test_note_from_the_file_and_into_the_run_record(tmp_path):
+  ds = data.load_dataset(_npz(tmp_path, note=np.array('a resized copy')))
+  assert ds.note == 'a resized copy' and ds.label == 'a resized copy'
+  assert ds.source.endswith('; a resized copy')
+  ex = data.import_dataset(ds, str(tmp_path / 'wd'))
+  assert ex.properties['note'] == 'a resized copy'
+
+
+def test_known_file_is_noted_by_content(tmp_path, monkeypatch):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  path = _npz(tmp_path)
+  with open(path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  monkeypatch.setitem(data.sources.KNOWN_FILES,
+                      (os.path.getsize(path), digest), data.JPEG_Q75_NOTE)
+  ds = data.load_dataset(path)
+  assert ds.note == 'CIFAR-10 (JPEG q75 copy)'
+  # The same content imported before notes existed gets its note added.
+  wd = str(tmp_path / 'wd')
+  plain = data.import_dataset(data.sources._make(  # pylint: disable=protected-access
+      'bad', ds.x_train, ds.y_train, ds.x_test, ds.y_test, source='x'), wd)
+  assert plain.properties['note'] == ''
+  again = data.import_dataset(ds, wd)
+  assert again.uri == plain.uri and again.properties['note'] == ds.note
+  from modelsteal.artifacts import Examples  # pylint: disable=g-import-not-at-top
+  assert Examples.load(plain.uri).properties['note'] == ds.note
+
+
+SHARED_CIFAR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                            'data', 'cifar10', 'cifar10_jpeg_q75.npz')
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_CIFAR),
+                    reason='the shared CIFAR-10 JPEG copy is not here')
+def test_shared_cifar10_jpeg_copy_is_labelled():
+  # Only the note: hashing 171 MB is cheap, decoding it all is not.
+  assert data.sources.known_file_note(SHARED_CIFAR) == data.JPEG_Q75_NOTE
+
+
+# ------------------------------------------------------- the CIFAR stand-in
+def test_synthetic_cifar10_stand_in():
+  ds = data.load_dataset('synthetic_cifar10')
+  assert ds.shape == (32, 32, 3) and ds.num_classes == 10
+  assert ds.x_train.dtype == np.float32 and 0 <= ds.x_train.min()
+  assert len(ds.x_train) == 1000 and len(ds.x_test) == 300
+  assert np.bincount(ds.y_train).min() == 100  # balanced
+  assert 'not CIFAR-10' in ds.note
+  small = data.synthetic_cifar10(50, 20, seed=1)
+  again = data.synthetic_cifar10(50, 20, seed=1)
+  assert small.fingerprint == again.fingerprint
+  assert small.fingerprint != data.synthetic_cifar10(50, 20, seed=2).fingerprint
+  # Learnable: class means differ far more than the noise between them.
+  means = np.stack([ds.x_train[ds.y_train == k].mean(0) for k in range(10)])
+  assert np.abs(means[:, None] - means[None]).mean(axis=(2, 3, 4)).max() > 0.1
+
+
+def test_crop_flip_augmenter_shifts_and_flips():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).random((64, 8, 8, 3)).astype(np.float32)
+  out = np.asarray(data.crop_flip_augmenter(seed=0, pad=2)(tf.constant(x)))
+  assert out.shape == x.shape
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  flips = 0
+  for i in range(len(x)):  # every output is one window, maybe mirrored
+    wins = [(padded[i, a:a + 8, b:b + 8], f) for a in range(5)
+            for b in range(5) for f in (False, True)]
+    hits = [f for w, f in wins if np.array_equal(
+        w[:, ::-1] if f else w, out[i])]
+    assert hits, i
+    flips += hits[0]
+  assert 10 < flips < 54  # about half flipped

@@ -12,6 +12,7 @@ from modelsteal.component import InputArtifact
 from modelsteal.component import OutputArtifact
 from modelsteal.component import Parameter
 from modelsteal.component import component
+from modelsteal.errors import ConfigError
 from modelsteal.data.sources import DataError
 from modelsteal.data.sources import Dataset
 
@@ -35,11 +36,22 @@ def import_dataset(dataset: Dataset, workdir: str,
         train_idx, np.int64).tobytes()).hexdigest()).encode()).hexdigest()
   uri = os.path.join(workdir, 'import_dataset', fp[:16])
   if os.path.exists(os.path.join(uri, 'artifact.json')):
-    return Examples.load(uri)
+    art = Examples.load(uri)
+    if art.properties.get('note', '') != dataset.note:
+      # Imported before notes existed: same content, so keep it and add the
+      # note (written aside, then renamed: never a half-written JSON).
+      art.properties['note'] = dataset.note
+      art.properties['source'] = dataset.source
+      tmp = Examples(uri=f'{uri}.props-{os.getpid()}', properties=art.properties,
+                     fingerprint=art.fingerprint)
+      tmp.save_properties()
+      os.replace(tmp.path('artifact.json'), art.path('artifact.json'))
+      os.rmdir(tmp.uri)
+    return art
   tmp = f'{uri}.tmp-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   art = Examples(uri=tmp, fingerprint=fp, properties={
-      'name': dataset.name, 'source': dataset.source,
+      'name': dataset.name, 'source': dataset.source, 'note': dataset.note,
       'num_classes': dataset.num_classes, 'shape': list(dataset.shape)})
   extra = {} if train_idx is None else {'idx': np.asarray(train_idx, np.int64)}
   art.save_split('train', dataset.x_train, dataset.y_train, **extra)
@@ -65,8 +77,8 @@ def load_poisoned(path: str, workdir: str) -> Examples:
   """
   from modelsteal.data.sources import load_dataset  # pylint: disable=g-import-not-at-top
   if not path:
-    raise ValueError('--poisoned is required: an NTGA artifact directory or '
-                     'an exported .npz.')
+    raise ConfigError('poisoned', 'is required: an NTGA artifact directory '
+                      'or an exported .npz.')
   if os.path.isdir(path):
     for cand in (path, os.path.join(path, 'poisoned')):
       if os.path.exists(os.path.join(cand, 'artifact.json')):
