@@ -1,6 +1,7 @@
-"""The closed-form CNN kernel in float64: both implementations against
-neural-tangents, and the numba kernel's zero-window and block paths against
-the XLA kernel.
+"""The closed-form kernels in float64: both CNN implementations and the FNN
+against neural-tangents' values (committed in tests/fixtures/, and live
+where neural-tangents imports), and the numba kernel's zero-window and
+block paths against the XLA kernel.
 
 A file of its own (tests/ntga_test.py has the rest): pytest runs files on
 two workers (`--dist loadfile`), so this file's worker compiles the numba
@@ -14,79 +15,102 @@ import numpy as np
 import pytest
 
 from modelsteal.ntga import kernels
+from tests import fixtures
 
 import jax  # pylint: disable=g-bad-import-order
 import jax.numpy as jnp
-from jax.experimental import enable_x64
 
-
-def _cnn_inputs(shape, seed=0):
-  """Images with the cases where the ReLU correlation reaches 1: an all-zero
-  image (every window zero), zero borders (zero windows on both sides) and a
-  near-copy (correlation just below 1)."""
-  rng = np.random.default_rng(seed)
-  a = rng.random((5,) + shape)
-  a[0] = 0.0
-  a[1, :3], a[1, :, :3] = 0.0, 0.0
-  b = rng.random((4,) + shape)
-  b[0] = a[1] + 0.01 * (a[1] > 0)
-  b[1] = 0.0
-  b[2, :3], b[2, :, :3] = 0.0, 0.0
-  return jnp.asarray(a), jnp.asarray(b)
+# x64 mode as a context: jax.enable_x64 from JAX 0.7 on, where
+# jax.experimental's went (gone in 0.12)
+enable_x64 = getattr(jax, 'enable_x64', None)
+if enable_x64 is None:  # JAX < 0.7
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
 
 
 _CNN_IMPLS = ['xla', pytest.param('cpu', marks=pytest.mark.skipif(
-    not kernels.cnn_cpu.available(), reason='numba is not installed'))]
+    not kernels.cnn_cpu.available(),
+    reason=f'the CPU kernel cannot run: {kernels.cnn_cpu.unavailable_reason()}'))]
 _NEEDS_NUMBA = pytest.mark.skipif(
     not kernels.cnn_cpu.available(),
-    reason='the CPU kernel needs numba (the ntga extra)')
+    reason=f'the CPU kernel cannot run: {kernels.cnn_cpu.unavailable_reason()}')
+_NT_SKIP = fixtures.nt_live_skip_reason()
 
 
-_R = np.random.default_rng(1).normal(size=(5, 4))  # cotangent of k(a, b)
-_W = np.random.default_rng(2).normal(size=(5, 5))  # of the block kernel k(a, a)
+def _kernel_and_grads(fn, ref):
+  """k(a, b), k(a, a), the gradients of sum(k(a, b) * r) along a and b,
+  and of the block kernel's sum(k(a, a) * w) along a, on the inputs of a
+  reference case (`tests/fixtures`)."""
+  a, b, r, w = (jnp.asarray(ref[k]) for k in ('a', 'b', 'r', 'w'))
+  return dict(
+      k=fn(a, b), kaa=fn(a, a),
+      **dict(zip(('ga', 'gb'), jax.jit(jax.grad(
+          lambda x, y: jnp.sum(fn(x, y) * r), (0, 1)))(a, b))),
+      gblock=jax.jit(jax.grad(lambda x: jnp.sum(fn(x, x) * w)))(a))
 
 
-def _cnn_kernel_and_grads(fn, a, b):
-  """k(a, b), its gradients along a and b, and the block kernel's along a."""
-  r, w = jnp.asarray(_R), jnp.asarray(_W)
-  return (fn(a, b),
-          *[jax.jit(jax.grad(lambda x, y: jnp.sum(fn(x, y) * r), argnums))(a, b)
-            for argnums in (0, 1)],
-          jax.jit(jax.grad(lambda x: jnp.sum(fn(x, x) * w)))(a))
-
-
-@functools.lru_cache(maxsize=None)
-def _nt_cnn_reference():
-  """neural-tangents' kernel and gradients on `_cnn_inputs((9, 7, 2))` in
-  float64, computed once for both implementations."""
-  with enable_x64():
-    a, b = _cnn_inputs((9, 7, 2))
-    return tuple(np.asarray(v) for v in
-                 _cnn_kernel_and_grads(jax.jit(kernels.nt_cnn(10)), a, b))
-
-
-@pytest.mark.parametrize('impl', _CNN_IMPLS)
-def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64(impl):
-  k_ref, ga_ref, gb_ref, gblock_ref = _nt_cnn_reference()
-  with enable_x64():
-    a, b = _cnn_inputs((9, 7, 2))  # odd sizes: asymmetric SAME padding
-    # xla: tile=2 also runs the tiled path (lax.map over rows of x1); cpu:
-    # 5 rows and 4 columns pad the kernel's 32-row tiles and 64-column chunks
-    ours = jax.jit(lambda x, y: kernels.cnn_ntk(x, y, tile=2, impl=impl))
-    k, ga, gb, gblock = _cnn_kernel_and_grads(ours, a, b)
+def _assert_matches_reference(ours, ref, rtol_k=1e-8, rtol_g=1e-9,
+                              rtol_block=1e-7):
   # Values: float64 round-off only, except where a correlation is exactly
-  # 1 (all-zero pairs), where both sides' sqrt(prod - k^2) is round-off
-  # of ~1e-9 relative.
-  assert k.dtype == jnp.float64
-  np.testing.assert_allclose(k, k_ref, rtol=1e-8)
-  for g, g_ref in ((ga, ga_ref), (gb, gb_ref)):
-    assert np.all(np.isfinite(g))
-    np.testing.assert_allclose(g, g_ref, rtol=1e-9,
-                               atol=1e-12 * float(np.max(np.abs(g_ref))))
+  # 1 (all-zero pairs, identical images), where both sides' sqrt(prod -
+  # k^2) is round-off of ~1e-9 relative.
+  for k in ('k', 'kaa'):
+    assert ours[k].dtype == jnp.float64
+    np.testing.assert_allclose(ours[k], ref[k], rtol=rtol_k, err_msg=k)
+  for k in ('ga', 'gb'):
+    assert np.all(np.isfinite(ours[k]))
+    np.testing.assert_allclose(ours[k], ref[k], rtol=rtol_g,
+                               atol=1e-12 * float(np.max(np.abs(ref[k]))),
+                               err_msg=k)
   # The block kernel: x through both arguments, identical images on the
   # diagonal (the derivative there exists only along x1 = x2).
-  np.testing.assert_allclose(gblock, gblock_ref, rtol=1e-7,
-                             atol=1e-9 * float(np.max(np.abs(gblock_ref))))
+  np.testing.assert_allclose(ours['gblock'], ref['gblock'], rtol=rtol_block,
+                             atol=1e-9 * float(np.max(np.abs(ref['gblock']))),
+                             err_msg='gblock')
+
+
+@pytest.mark.parametrize('case', ['cnn_odd', 'cnn_mnist', 'cnn_cifar'])
+@pytest.mark.parametrize('impl', _CNN_IMPLS)
+def test_closed_form_cnn_kernel_matches_neural_tangents_in_float64(impl, case):
+  """Against neural-tangents' values (tests/fixtures/nt_reference.npz):
+  odd 9x7x2 images (asymmetric SAME padding) with an all-zero image, zero
+  borders and a near-copy; MNIST-shaped with identical images; CIFAR's
+  shape."""
+  ref = fixtures.nt_reference(case)
+  with enable_x64():
+    # xla: tile=2 also runs the tiled path (lax.map over rows of x1); cpu:
+    # a few rows and columns pad the kernel's 32-row tiles and 64-column
+    # chunks
+    ours = _kernel_and_grads(
+        jax.jit(lambda x, y: kernels.cnn_ntk(x, y, tile=2, impl=impl)), ref)
+  # cnn_mnist: a[1] == b[0], correlation exactly 1 at every position, where
+  # the derivative is the zero-derivative guard's and round-off of ~1e-8
+  # relative (the block kernel's diagonal, identical images too, has 1e-7)
+  _assert_matches_reference(ours, ref,
+                            rtol_g=1e-7 if case == 'cnn_mnist' else 1e-9)
+
+
+@pytest.mark.parametrize('case', ['fnn_small', 'fnn_mnist', 'fnn_cifar'])
+def test_closed_form_fnn_kernel_matches_neural_tangents_in_float64(case):
+  ref = fixtures.nt_reference(case)
+  with enable_x64():
+    ours = _kernel_and_grads(jax.jit(kernels.fnn_ntk), ref)
+  _assert_matches_reference(ours, ref, rtol_k=1e-10, rtol_g=1e-8,
+                            rtol_block=1e-8)
+
+
+@pytest.mark.skipif(_NT_SKIP is not None, reason=_NT_SKIP or '')
+@pytest.mark.parametrize('case', fixtures.KERNEL_CASES)
+def test_reference_values_equal_live_neural_tangents(case):
+  """Where neural-tangents imports (the `nt` extra): it still gives the
+  committed values (written by tests/fixtures/make_nt_fixtures.py)."""
+  ref = fixtures.nt_reference(case)
+  fn = kernels.nt_cnn(10) if case.startswith('cnn') else kernels.nt_fnn()
+  with enable_x64():
+    live = _kernel_and_grads(jax.jit(fn), ref)
+  for k, v in live.items():
+    np.testing.assert_allclose(v, ref[k], rtol=1e-10,
+                               atol=1e-13 * float(np.max(np.abs(ref[k]))),
+                               err_msg=k)
 
 
 @_NEEDS_NUMBA
