@@ -1,23 +1,33 @@
 r"""A/B of the numba CNN kernel of two checkouts, in one process.
 
     git worktree add /tmp/base <commit>
-    taskset -c 1 python benchmarks/ntga_kernel_ab.py --base=/tmp/base [--reps=8] [--parts=val,fwd,bwd]
+    taskset -c 1 python benchmarks/ntga_kernel_ab.py --base=/tmp/base [--reps=8] [--parts=val,fwd,bwd,grad]
 
 Loads `modelsteal/ntga/cnn_cpu.py` of this checkout ("new") and of --base
-under other module names and calls their routines directly (no XLA, one
-thread), alternating base and new call by call, so that the machine's drift
-(this 2-core VM moves by 10-20% between minutes and between processes)
-falls on both alike. Parts, MNIST, block of 512 training images + 0.3 x a
-random sign per pixel:
-  val: the fused validation pass against the first 1,000 test images
-       (`_val_range`: forward, loss, reverse sweep along the block);
-  fwd: the block kernel K(x, x) (`_forward`, each pair once);
-  bwd: its backward pass, both sides (`_backward_chunk` per chunk).
+under other module names and runs both, alternating base and new call by
+call, so that the machine's drift (this 2-core VM moves by 10-20% between
+minutes and between processes) falls on both alike. Parts, MNIST, block of
+512 training images + 0.3 x a random sign per pixel, 1,000 test images as
+the validation target:
+  val: the fused validation pass (`_val_range`: forward, loss, reverse
+       sweep along the block), called directly (no XLA, one thread);
+  fwd: the block kernel K(x, x) (`_forward`, each pair once), directly;
+  bwd: its backward pass, both sides (`_backward_chunk` per chunk), directly;
+  grad: the whole block gradient as NTGA computes it
+       (`attack.NTGA.loss_and_grad`: block kernel, GP weights, the fused
+       validation pass and the backward passes), through XLA: each side's
+       module is the one `kernels.cnn_ntk` calls into, so this part times
+       the way the kernel is registered with XLA and called (the original
+       custom-call ABI before issue 29, the typed FFI after) as well as the
+       loops. The figure ntga_timing.py reports, 1,000 validation images.
 Prints min and median seconds per part, their ratio (new / base) and a
 checksum of each side's results (equal up to float32 summation order when
 only speed changed). Used for the kernel changes of BUILD_NOTES "Session
-14". Its compiled code goes to its own NUMBA_CACHE_DIR (the routines are
-compiled for direct calls here; they must not land in the package's cache).
+14" (val, fwd, bwd) and "NTGA on current JAX" (grad). Its compiled code goes
+to its own NUMBA_CACHE_DIR (the routines are compiled for direct calls
+here; they must not land in the package's cache). A base whose kernel
+refuses the JAX in use (the original ABI on JAX >= 0.6) is run anyway, and
+says so.
 """
 import argparse
 import importlib.util
@@ -31,12 +41,17 @@ os.environ.setdefault('NUMBA_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'ntga_kernel_ab'))
 sys.path.insert(0, ROOT)
 
+from modelsteal.ntga import cpu  # pylint: disable=g-import-not-at-top
+# as ntga_timing.py and pipelines.ntga: one single-threaded XLA device per
+# core this process may use (set before JAX's backend starts)
+cpu.configure()
+
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
 from modelsteal.data import sources
-from modelsteal.ntga import cpu, kernels
+from modelsteal.ntga import kernels
 
 NCLS = 10
 
@@ -104,6 +119,14 @@ def _bwd(m, bops):
           (float(np.abs(ga).sum()), float(np.abs(gb).sum())))
 
 
+def _grad(m, att, xb, yb):
+  """One block gradient with `kernels.cnn_ntk` calling into module m."""
+  kernels.cnn_cpu = m
+  t0 = time.perf_counter()
+  loss, _, g = att.loss_and_grad(xb, yb)
+  return time.perf_counter() - t0, (float(loss), float(np.abs(g).sum()))
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--base', required=True, help='the other checkout')
@@ -111,11 +134,14 @@ def main():
       ROOT, '..', 'shared', 'data', 'mnist', 'mnist.npz'))
   ap.add_argument('--reps', type=int, default=8)
   ap.add_argument('--parts', default='val,fwd,bwd')
+  ap.add_argument('--n_val', type=int, default=1000,
+                  help='validation images of the grad part')
   args = ap.parse_args()
   parts = args.parts.split(',')
-  bad = set(parts) - {'val', 'fwd', 'bwd'}
-  if bad or args.reps < 1:
-    ap.error(f'--parts takes val, fwd, bwd (got {sorted(bad)}); --reps >= 1')
+  bad = set(parts) - {'val', 'fwd', 'bwd', 'grad'}
+  if bad or args.reps < 1 or args.n_val < 1:
+    ap.error(f'--parts takes val, fwd, bwd, grad (got {sorted(bad)}); '
+             '--reps, --n_val >= 1')
   src = os.path.join(args.base, 'modelsteal', 'ntga', 'cnn_cpu.py')
   if not os.path.isfile(src):
     ap.error(f'{src}: no such file (--base must be a checkout)')
@@ -137,6 +163,22 @@ def main():
   fv = kernels._cnn_features(jnp.asarray(ds.x_test[:1000]), w, b)  # pylint: disable=protected-access
   fb = kernels._cnn_features(jnp.asarray(xb), w, b)  # pylint: disable=protected-access
   prep = {k: _prep(m, fv, fb, dc) for k, m in mods.items()}
+  atts = {}
+  if 'grad' in parts:
+    import functools  # pylint: disable=g-import-not-at-top
+    from modelsteal.ntga import attack  # pylint: disable=g-import-not-at-top
+    for k, m in mods.items():
+      if not m.available():
+        print(f'{k}: {m.unavailable_reason()} -- run anyway for the A/B')
+        m.unavailable_reason = lambda: None
+      # a partial per side: attack._compiled caches by kernel function
+      fn = functools.partial(kernels.cnn_ntk, impl='cpu')
+      atts[k] = attack.NTGA(fn, ds.x_test[:args.n_val],
+                            ds.y_test[:args.n_val], NCLS,
+                            attack.AttackConfig(val_batch_size=1000))
+    yb = ds.y_train[:512]
+  print(f'jax {jax.__version__}, devices {jax.devices()}, '
+        f'kernel threads {mods["new"].threads()}', flush=True)
   times = {(k, p): [] for k in mods for p in parts}
   sums = {}
   for r in range(args.reps + 1):  # the first round compiles
@@ -144,7 +186,8 @@ def main():
       ops, bops = prep[k]
       for p in parts:
         t, chk = (_val(m, ops, y1) if p == 'val' else
-                  _fwd(m, bops) if p == 'fwd' else _bwd(m, bops))
+                  _fwd(m, bops) if p == 'fwd' else
+                  _bwd(m, bops) if p == 'bwd' else _grad(m, atts[k], xb, yb))
         if r:
           times[(k, p)].append(t)
         sums[(k, p)] = chk
