@@ -129,8 +129,8 @@ def save_grid(path: str, clean: np.ndarray, poisoned: np.ndarray, eps: float,
 
 
 def _keep_tf_off_accelerators() -> None:
-  """JAX needs the accelerator's memory: TF (imported by neural-tangents)
-  must not claim it."""
+  """JAX needs the accelerator's memory: TF (imported by the data code, and
+  by neural-tangents where kernel_impl='nt') must not claim it."""
   tf = sys.modules.get('tensorflow')
   if tf is not None:
     try:
