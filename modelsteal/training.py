@@ -10,6 +10,7 @@ a constant). Adam with cosine decay, optional small random translations
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -24,7 +25,9 @@ class TrainConfig:
   epochs: int = 10
   batch_size: int = 128
   learning_rate: float = 1e-3
-  augment: bool = False  # random +-10% translations
+  # False, True (random +-10% translations, MNIST) or 'crop_flip' (pad-4
+  # random crops and horizontal flips, the standard CIFAR-10 augmentation)
+  augment: bool | str = False
   weight_decay: float = 0.0
   label_smoothing: float = 0.0
   schedule: str = 'cosine'  # or 'constant' (SWAG's weight-collection phase)
@@ -34,6 +37,29 @@ class TrainConfig:
   # XLA-compile the training step: None lets Keras decide (off on CPU and
   # under tf.distribute); True also makes every batch the same shape.
   jit_compile: bool | None = None
+  # Epochs of linear warm-up from 0 to `learning_rate` before the cosine.
+  warmup_epochs: int = 0
+  # 'adam' (AdamW where weight_decay > 0) or 'sgd' (Nesterov momentum 0.9).
+  optimizer: str = 'adam'
+  # 'float32', or 'mixed_bfloat16' (bf16 compute, float32 weights and
+  # logits: faster on CPUs with AVX-512 BF16, BUILD_NOTES.md "Stealing on
+  # CIFAR-10").
+  precision: str = 'float32'
+
+  def __post_init__(self):
+    from modelsteal.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    if self.augment not in (False, True, 'crop_flip'):
+      raise ConfigError('augment', f"is false, true or 'crop_flip', got "
+                        f'{self.augment!r}.')
+    if self.optimizer not in ('adam', 'sgd'):
+      raise ConfigError('optimizer', f"is 'adam' or 'sgd', got "
+                        f'{self.optimizer!r}.')
+    if self.precision not in ('float32', 'mixed_bfloat16'):
+      raise ConfigError('precision', f"is 'float32' or 'mixed_bfloat16', "
+                        f'got {self.precision!r}.')
+    if not 0 <= self.warmup_epochs < max(self.epochs, 1):
+      raise ConfigError('warmup_epochs', f'must be in [0, epochs), got '
+                        f'{self.warmup_epochs}.')
 
 
 # tf.data autotuning of the training pipeline (see `train_classifier`);
@@ -44,7 +70,8 @@ DATA_AUTOTUNE = False
 # Fields added to TrainConfig after 0.1.0: left out of a recipe's parameters
 # while at their defaults, so runs cached before they existed (a victim
 # trained once) keep their fingerprints.
-_LATER_FIELDS = ('schedule', 'steps_per_execution', 'jit_compile')
+_LATER_FIELDS = ('schedule', 'steps_per_execution', 'jit_compile',
+                 'warmup_epochs', 'optimizer', 'precision')
 
 
 def recipe_params(config: TrainConfig) -> dict:
@@ -55,6 +82,22 @@ def recipe_params(config: TrainConfig) -> dict:
     if f in d and d[f] == getattr(defaults, f):
       del d[f]
   return d
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str):
+  """Keras' global dtype policy set to `precision` while models are built
+  (their layers keep it), float32 again afterwards."""
+  import keras  # pylint: disable=g-import-not-at-top
+  if precision == 'float32':
+    yield
+    return
+  before = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(before)
 
 
 def translation_augmenter(seed: int, fraction: float = 0.1):
@@ -102,6 +145,9 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   from modelsteal import models  # pylint: disable=g-import-not-at-top
 
   strategy = strategy or tf.distribute.get_strategy()
+  if targets.ndim == 1 and config.label_smoothing:
+    # sparse cross-entropy has no smoothing: hard labels become one-hot
+    targets = np.eye(num_classes, dtype=np.float32)[np.asarray(targets)]
   soft = targets.ndim == 2
   targets = normalise_targets(targets, num_classes)
   keras.utils.set_random_seed(seed)
@@ -114,7 +160,8 @@ def train_classifier(arch: str, x: np.ndarray, targets: np.ndarray,
   steps = max(1, math.ceil(len(x) / batch_size))
   with strategy.scope():
     if model is None:
-      model = models.build(arch, x.shape[1:], num_classes)
+      with precision_policy(config.precision):
+        model = models.build(arch, x.shape[1:], num_classes)
     trainer = wrap(model) if wrap else model
     compile_trainer(trainer, config, steps, soft)
   ds = training_dataset(x, targets, batch_size, config, seed=seed,
@@ -154,7 +201,12 @@ def compile_trainer(trainer, config: TrainConfig, steps_per_epoch: int,
   """Compiles with the recipe's optimiser, schedule and loss (call inside
   the strategy's scope)."""
   import keras  # pylint: disable=g-import-not-at-top
-  if config.schedule == 'cosine':
+  warmup = steps_per_epoch * config.warmup_epochs
+  if config.schedule == 'cosine' and warmup:
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps_per_epoch * config.epochs - warmup,
+        warmup_target=config.learning_rate, warmup_steps=warmup)
+  elif config.schedule == 'cosine':
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
   elif config.schedule == 'constant':
@@ -162,7 +214,10 @@ def compile_trainer(trainer, config: TrainConfig, steps_per_epoch: int,
   else:
     raise ValueError(f"schedule must be 'cosine' or 'constant', got "
                      f'{config.schedule!r}.')
-  if config.weight_decay:
+  if config.optimizer == 'sgd':
+    opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
+                               weight_decay=config.weight_decay or None)
+  elif config.weight_decay:
     opt = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
   else:
     opt = keras.optimizers.Adam(schedule)
@@ -184,7 +239,11 @@ def training_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int,
   repeated (one iterator for the whole fit)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from modelsteal.data import make_tf_dataset  # pylint: disable=g-import-not-at-top
-  augment = translation_augmenter(seed) if config.augment else None
+  if config.augment == 'crop_flip':
+    from modelsteal.data import crop_flip_augmenter  # pylint: disable=g-import-not-at-top
+    augment = crop_flip_augmenter(seed)
+  else:
+    augment = translation_augmenter(seed) if config.augment else None
   # One iterator for the whole fit (the data repeated, `steps_per_epoch`):
   # Keras restarts a finite dataset's iterator every epoch, a large share of
   # a small student's training time on a 2-core CPU (BUILD_NOTES.md,

@@ -53,18 +53,24 @@ def parse_recipe_overrides(items) -> tuple[tuple[str, Any], ...]:
   return tuple(sorted(out.items()))
 
 
-def student_recipe(arch: str, n: int, smoke: bool, overrides=()) -> dict:
+def student_recipe(arch: str, n: int, smoke: bool, overrides=(),
+                   channels: int = 1) -> dict:
   """A student's training recipe for `n` answers: epochs scale inversely
   with the data (within [12, 60]) so that small budgets still converge.
 
+  Convolutional students augment: small translations on grey digits,
+  CIFAR's pad-4 crops and flips on colour images (`channels` 3).
   `overrides`: (field, value) pairs (`parse_recipe_overrides`); a smoke run
   keeps its one epoch.
   """
   from modelsteal.models import FAMILIES  # pylint: disable=g-import-not-at-top
   from modelsteal.training import recipe_params, TrainConfig  # pylint: disable=g-import-not-at-top
   epochs = 1 if smoke else int(min(60, max(12, round(120_000 / max(n, 1)))))
+  conv = FAMILIES.get(arch) in ('cnn', 'resnet')
+  augment = ('crop_flip' if conv and channels == 3 else
+             FAMILIES.get(arch) == 'cnn')
   recipe = {'epochs': epochs, 'batch_size': 64 if n < 5000 else 128,
-            'learning_rate': 2e-3, 'augment': FAMILIES.get(arch) == 'cnn',
+            'learning_rate': 2e-3, 'augment': augment,
             'weight_decay': 0.0, 'label_smoothing': 0.0}
   if not overrides:
     return recipe  # the same parameters: runs cached before stay valid

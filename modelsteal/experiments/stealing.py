@@ -243,6 +243,8 @@ def open_victim(cfg: StealConfig, dataset, splits, wd: str, steps: Steps,
   recipe = recipe_params(spec.recipe)
   if cfg.smoke:
     recipe['epochs'] = 1
+    if recipe.get('warmup_epochs'):
+      recipe['warmup_epochs'] = 0
   vres = train_model.run(wd, examples=splits, arch=spec.arch, recipe=recipe,
                          split='victim', targets='y', seed=cfg.seed)
   steps.record(f'train victim {cfg.victim}', vres)
@@ -339,9 +341,9 @@ def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
   from modelsteal.attacks import evaluate_model, finetune_model, train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.uq.components import train_uq_model  # pylint: disable=g-import-not-at-top
   base = uq.parse_spec(arch).archs[0] if uq.is_uq_spec(arch) else arch
-  recipe = recipes.scaled(recipes.student_recipe(base, budget, cfg.smoke,
-                                                 cfg.student_recipe),
-                          epochs_scale)
+  recipe = recipes.scaled(
+      recipes.student_recipe(base, budget, cfg.smoke, cfg.student_recipe,
+                             channels=p.dataset.shape[-1]), epochs_scale)
   if uq.is_uq_spec(arch):
     arch = str(uq.parse_spec(arch))
     sres = train_uq_model.run(p.wd, examples=labeled, probe=p.splits,

@@ -150,17 +150,18 @@ def _sizes(cfg: SyntheticConfig) -> list[int]:
 
 
 def _train_on(cfg: SyntheticConfig, wd: str, steps: Steps, data: str,
-              examples, n: int, splits, num_classes: int,
-              filter_name: str) -> list[dict]:
+              examples, n: int, splits, dataset, filter_name: str
+              ) -> list[dict]:
   """Each classifier trained on `examples` (n per class), scored on the real
   test split: one row each."""
   from modelsteal.attacks import train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.experiments.recipes import student_recipe  # pylint: disable=g-import-not-at-top
   rows = []
-  total = n * num_classes
+  total = n * dataset.num_classes
   for arch in cfg.classifiers:
     res = train_model.run(wd, examples=examples, arch=arch,
-                          recipe=student_recipe(arch, total, cfg.smoke),
+                          recipe=student_recipe(arch, total, cfg.smoke,
+                                                channels=dataset.shape[-1]),
                           split='train', targets='y', seed=cfg.seed)
     steps.record(f'train {arch} on {n}/class {data}', res)
     rows.append({'classifier': arch, 'data': data, 'per_class': n,
@@ -233,9 +234,9 @@ def run(cfg: SyntheticConfig):
                                           seed=cfg.seed)
     steps.record(f'sample_per_class per_class={n} (real)', real)
     rows += _train_on(cfg, wd, steps, 'generated', mined['mined'], n, splits,
-                      dataset.num_classes, mined['mined'].properties['filter'])
+                      dataset, mined['mined'].properties['filter'])
     rows += _train_on(cfg, wd, steps, 'real', real['sampled'], n, splits,
-                      dataset.num_classes, '')
+                      dataset, '')
   long = pd.DataFrame(rows)
   table = comparison_table(long, gen_name)
 
