@@ -161,13 +161,15 @@ class StudentResult:
   train_s: float
   saved_model: str
   model_dir: str  # the Model artifact
+  data: str = ''  # the dataset's label: its name, or its note (a JPEG copy)
 
   def row(self) -> dict:
     return {'model': f'{self.arch}@{self.budget}', 'role': 'student',
             'arch': self.arch, 'budget': self.budget, 'output': self.output,
             'queries_paid': self.queries_paid, **self.metrics,
             'normalized_accuracy': self.normalized_accuracy,
-            'train_s': self.train_s, 'saved_model': self.saved_model}
+            'train_s': self.train_s, 'saved_model': self.saved_model,
+            'data': self.data}
 
 
 @dataclasses.dataclass
@@ -270,7 +272,7 @@ def _rest_victim(url: str, dataset, name: str) -> Victim:
 
 
 def score_victim(victim: Victim, splits, query_splits, wd: str,
-                 steps: Steps) -> dict:
+                 steps: Steps, data: str = '') -> dict:
   """The victim's results row (accuracy on test, on the attacker's data)."""
   from modelsteal.attacks import evaluate_model  # pylint: disable=g-import-not-at-top
   vev = evaluate_model.run(wd, splits=splits, query_splits=query_splits,
@@ -279,7 +281,7 @@ def score_victim(victim: Victim, splits, query_splits, wd: str,
   return {'model': victim.name, 'role': 'victim', 'arch': victim.arch,
           'budget': 0, 'output': 'probs', 'queries_paid': 0,
           **vev['evaluation'].properties, 'normalized_accuracy': 1.0,
-          'train_s': None, 'saved_model': victim.ref.location}
+          'train_s': None, 'saved_model': victim.ref.location, 'data': data}
 
 
 def default_students(cfg: StealConfig, dataset) -> list[str]:
@@ -306,9 +308,10 @@ def prepare(cfg: StealConfig, name: str = 'steal') -> Prepared:
   budgets = fit_budgets(
       cfg.budgets, query_splits.properties['sizes']['pool'],
       chosen=cfg.budget_chosen, name=name,
-      stand_in=(cfg.smoke or
-                query_splits.properties.get('name') == 'offline_mnist'))
-  victim_row = score_victim(victim, splits, query_splits, wd, steps)
+      stand_in=(cfg.smoke or query_splits.properties.get('name') in
+                ('offline_mnist', 'synthetic_cifar10')))
+  victim_row = score_victim(victim, splits, query_splits, wd, steps,
+                            data=dataset.label)
   return Prepared(wd, dataset, splits, query_splits, victim, victim_row,
                   default_students(cfg, dataset), budgets, steps)
 
@@ -368,4 +371,4 @@ def train_student(p: Prepared, cfg: StealConfig, labeled, arch: str,
       queries_paid=labeled.properties['queries_paid'], metrics=m,
       normalized_accuracy=m['accuracy'] / p.victim_row['accuracy'],
       train_s=round(sres.duration_s, 1), saved_model=sref.location,
-      model_dir=sres['model'].uri)
+      model_dir=sres['model'].uri, data=p.dataset.label)
