@@ -2,6 +2,7 @@ r"""Seconds per NTGA gradient (one block against the validation target).
 
     taskset -c 1 python benchmarks/ntga_timing.py --surrogate=fnn --n_val=10000
     taskset -c 1 python benchmarks/ntga_timing.py --surrogate=cnn --n_val=1000
+    taskset -c 1 python benchmarks/ntga_timing.py --surrogate=cnn --methods=ours --n_val=1000 --dataset=PATH/mnist.npz --perturb=0.3
 
 Times d loss / d block for a 512-image MNIST-shaped block three ways. By
 default the images are random pixels; `--dataset=PATH.npz` takes real ones
@@ -12,10 +13,10 @@ images: it skips the arc-cosine map where a validation image's 5x5 window
 is all zero (56% of MNIST's conv-1 windows), which random pixels never
 have.
 
-* `naive`: neural-tangents kernels, closed-form GP mean through `eigh`, and
+* `naive` (needs the `nt` extra, i.e. jax 0.5.3): neural-tangents kernels, closed-form GP mean through `eigh`, and
   `jax.grad` of the whole loss in one jit (what the issue calls the
   straightforward version);
-* `nt+blocked`: this package's `NTGA.loss_and_grad` (block kernel and GP
+* `nt+blocked` (the `nt` extra too): this package's `NTGA.loss_and_grad` (block kernel and GP
   weights once per step, validation in batches) on neural-tangents kernels;
 * `ours`: the same with the closed-form kernel (`fnn_ntk`, `cnn_ntk`).
 
@@ -127,6 +128,11 @@ def main(argv):
   sur = _SURROGATE.value
   nt_kernel = None
   if set(_METHODS.value) & {'naive', 'nt+blocked'}:  # needs neural-tangents
+    reason = kernels.neural_tangents_unavailable()
+    if reason:
+      raise app.UsageError(
+          f'--methods naive and nt+blocked need neural-tangents ({reason}): '
+          f'{kernels.NT_INSTALL}; or --methods=ours')
     nt_kernel = kernels.nt_fnn() if sur == 'fnn' else kernels.nt_cnn(10)
   bs = _VAL_BATCH.value or kernels.get_surrogate(sur, 10).val_batch_size
   rows = []
