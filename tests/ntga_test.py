@@ -138,6 +138,11 @@ def test_accelerator_defaults_and_no_ffi_fall_back_to_xla(monkeypatch):
     assert kernels.get_surrogate('cnn', 10).val_batch_size == 64
     with pytest.raises(ValueError, match="FFI headers.*impl='xla'"):
       kernels.resolve_cnn_impl('cpu')
+    # a major FFI version whose call frame may differ: refused too
+    monkeypatch.setattr(kernels.cnn_cpu, 'ffi_api_version', lambda: (1, 0))
+    assert not kernels.cnn_cpu.available()
+    with pytest.raises(ValueError, match="version 0.x.*1.0.*impl='xla'"):
+      kernels.resolve_cnn_impl('cpu')
 
 
 def test_cpu_kernel_registers_through_the_typed_ffi():

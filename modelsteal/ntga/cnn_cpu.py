@@ -54,11 +54,16 @@ def unavailable_reason() -> str | None:
   """Why the kernel cannot run in this process, or None where it can."""
   if numba is None:
     return "impl='cpu' needs numba: pip install numba"
-  if ffi_api_version() is None:
+  version = ffi_api_version()
+  if version is None:
     import jax  # pylint: disable=g-import-not-at-top
     return (f"impl='cpu' needs jax.ffi and the XLA FFI headers of jaxlib "
             f"(jax.ffi.include_dir()); JAX {jax.__version__} has none: "
             "upgrade jax and jaxlib, or use impl='xla'")
+  if version[0] != 0:
+    # a new major version may move the call frame's fields (read by offset)
+    return (f"impl='cpu' reads XLA FFI call frames of API version 0.x; this "
+            f"jaxlib's is {version[0]}.{version[1]}: use impl='xla'")
   return None
 
 
