@@ -56,7 +56,8 @@ def parse_recipe_overrides(items) -> tuple[tuple[str, Any], ...]:
 def student_recipe(arch: str, n: int, smoke: bool, overrides=(),
                    channels: int = 1) -> dict:
   """A student's training recipe for `n` answers: epochs scale inversely
-  with the data (within [12, 60]) so that small budgets still converge.
+  with the data (within [12, 60]; [24, 60] on colour images) so that small
+  budgets still converge.
 
   Convolutional students augment: small translations on grey digits,
   CIFAR's pad-4 crops and flips on colour images (`channels` 3).
@@ -65,7 +66,10 @@ def student_recipe(arch: str, n: int, smoke: bool, overrides=(),
   """
   from modelsteal.models import FAMILIES  # pylint: disable=g-import-not-at-top
   from modelsteal.training import recipe_params, TrainConfig  # pylint: disable=g-import-not-at-top
-  epochs = 1 if smoke else int(min(60, max(12, round(120_000 / max(n, 1)))))
+  # Colour images need more passes than digits (CIFAR-10 students: 24 to
+  # 60 epochs; BUILD_NOTES.md, "Stealing on CIFAR-10").
+  scale, floor = (300_000, 24) if channels == 3 else (120_000, 12)
+  epochs = 1 if smoke else int(min(60, max(floor, round(scale / max(n, 1)))))
   conv = FAMILIES.get(arch) in ('cnn', 'resnet')
   augment = ('crop_flip' if conv and channels == 3 else
              FAMILIES.get(arch) == 'cnn')
