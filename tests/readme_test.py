@@ -84,8 +84,10 @@ class _State:
   def student_model(self) -> str:
     """A student's Model artifact dir (model/) from the default steal run."""
     import pandas as pd
+    # the first run (the README's default command), not the first by name:
+    # later sections steal other victims (CIFAR-10 shapes)
     csv = sorted(glob.glob(os.path.join(self.root, 'runs', 'steal', '*',
-                                        'results.csv')))
+                                        'results.csv')), key=os.path.getmtime)
     assert csv, 'no steal run yet: the README must start with one'
     sm = pd.read_csv(csv[0])['saved_model'].iloc[1]  # .../model/serving/1
     return os.path.dirname(os.path.dirname(sm))

@@ -119,7 +119,7 @@ def test_round_schedule_and_cheaper_selection_students(tiny_npz, tmp_path,
                                                        monkeypatch):
   real = recipes_lib.student_recipe
   monkeypatch.setattr(recipes_lib, 'student_recipe',
-                      lambda *a: {**real(*a), 'epochs': 4})
+                      lambda *a, **k: {**real(*a, **k), 'epochs': 4})
   wd = str(tmp_path)
   _main(**{k: v for k, v in _common(tiny_npz, wd,
                                     query_strategy='margin').items()
