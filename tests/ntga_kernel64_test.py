@@ -114,6 +114,7 @@ def test_reference_values_equal_live_neural_tangents(case):
 
 
 @_NEEDS_NUMBA
+@pytest.mark.slow
 def test_cpu_kernel_zero_windows_match_the_xla_kernel():
   # The CPU kernel takes rows whose 5x5 window is all zero (most of an
   # MNIST image) from a per-column table and runs the patch products on the
@@ -159,6 +160,7 @@ def test_cpu_kernel_zero_windows_match_the_xla_kernel():
 
 
 @_NEEDS_NUMBA
+@pytest.mark.slow
 def test_block_kernel_computes_each_pair_once_and_equals_the_full_one(
     monkeypatch):
   # 150 images: chunks of 64 + 64 + 22 columns, row tiles of 32; the CPU

@@ -45,6 +45,7 @@ _TINY = dict(val_size=40, block_size=48, nb_iter=3, eps=0.1, t=16.0,
 
 
 # ---------------------------------------------------------------- kernels
+@pytest.mark.slow
 def test_closed_form_fnn_kernel_in_float32_matches_neural_tangents():
   """float32 inputs against neural-tangents' float64 values on them
   (tests/fixtures; float64 in ntga_kernel64_test.py)."""
@@ -88,6 +89,7 @@ def _cifar_reference():
 
 
 @pytest.mark.parametrize('impl', _CNN_IMPLS)
+@pytest.mark.slow
 def test_closed_form_cnn_kernel_in_float32_and_cifar_shape(impl):
   a, b, k_nt, g64 = _cifar_reference()
   ours = functools.partial(kernels.cnn_ntk, impl=impl)
@@ -185,6 +187,7 @@ def test_kernel_impl_nt_without_neural_tangents_is_one_config_error(
 
 @pytest.mark.skipif(not kernels.cnn_cpu.available(),
                     reason='the CPU kernel needs numba (the ntga extra)')
+@pytest.mark.slow
 def test_cpu_kernel_threads_give_the_same_kernel_and_gradients(monkeypatch):
   x1 = jnp.asarray(synthetic_images(40, seed=5)[0][:, :12, :12], jnp.float32)
   x2 = jnp.asarray(synthetic_images(200, seed=6)[0][:, :12, :12], jnp.float32)
@@ -292,6 +295,7 @@ for i in range(2):
     len(os.sched_getaffinity(0)) < 2,
     reason='OpenBLAS starts one thread per available core: on one core it '
     'has one thread with or without the limit, so the test could not fail')
+@pytest.mark.slow
 def test_limit_blas_threads_reaches_the_lapack_that_jax_loads_later():
   # jaxlib's CPU eigh loads scipy's OpenBLAS at its first call, after the
   # pipeline's start-up; its threads (one per core, spinning between calls)
@@ -445,6 +449,7 @@ def _tiny_attack(precision='float32', seed=3, **kw):
                           attack_lib.AttackConfig(**cfg)), x[:40], y[:40])
 
 
+@pytest.mark.slow
 def test_pgd_raises_loss_within_eps_and_unit_box():
   att, xb, yb = _tiny_attack()
   x_adv, st = att.attack_block(xb, yb)
@@ -472,6 +477,7 @@ def test_loss_gradient_matches_finite_differences():
   assert np.sum(g * d) == pytest.approx(fd, rel=0.05, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_random_start_and_float64():
   att, xb, yb = _tiny_attack(rand_init=True)
   with pytest.raises(ValueError, match='PRNG key'):
@@ -541,6 +547,7 @@ def test_official_mode_is_one_gradient_and_one_full_eps_signed_step():
     attack_lib.AttackConfig(official=True, rand_init=True).validate()
 
 
+@pytest.mark.slow
 def test_val_sample_draws_fresh_subsets_of_the_target(tmp_path):
   x, y = synthetic_images(60, num_classes=3, size=8, seed=7)
   xv, yv = x[20:], y[20:]
@@ -576,6 +583,7 @@ def test_val_sample_draws_fresh_subsets_of_the_target(tmp_path):
 
 
 # ---------------------------------------------------------------- component
+@pytest.mark.slow
 def test_component_keeps_labels_and_order_and_is_deterministic(tmp_path):
   ex = _tiny_examples(tmp_path)
   r1 = generate_lib.generate_ntga.run(str(tmp_path / 'a'), examples=ex,
@@ -653,6 +661,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch,
   assert resumed['poisoned'].properties['cnn_kernel'] == want
 
 
+@pytest.mark.slow
 def test_sharded_validation_over_two_devices_matches_one():
   code = r'''
 import numpy as np, jax
@@ -681,6 +690,7 @@ print('OK', two.n_devices)
 
 
 # ---------------------------------------------------------------- pipeline
+@pytest.mark.slow
 def test_pipeline_smoke_export_and_reuse(tiny_npz, tmp_path, capsys):
   from pipelines import ntga as ntga_pipeline  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / 'runs')
