@@ -132,7 +132,8 @@ def victim_ref_from_path(path: str) -> VictimRef:
   import os  # pylint: disable=g-import-not-at-top
   from modelsteal.export import ModelLoadError  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
-    raise ModelLoadError(f'{path!r}: no such file or directory (victim_path).')
+    raise ModelLoadError(f'{{victim_path}} {path!r}: no such file or '
+                         'directory.')
   h = hashlib.sha256()
   files = ([path] if os.path.isfile(path) else sorted(
       os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs))
