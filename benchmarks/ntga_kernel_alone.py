@@ -23,15 +23,11 @@ import numpy as np
 from modelsteal.data import sources
 from modelsteal.ntga import cnn_cpu, kernels
 
+import _data  # benchmarks/_data.py: the data path
+
 
 def main():
-  if len(sys.argv) > 1:
-    path = sys.argv[1]
-  elif os.environ.get('MODELSTEAL_DATA'):
-    path = os.path.join(os.environ['MODELSTEAL_DATA'], 'mnist', 'mnist.npz')
-  else:
-    sys.exit('give the MNIST npz as the first argument or set '
-             'MODELSTEAL_DATA (a folder holding mnist/mnist.npz)')
+  path = _data.mnist_npz(sys.argv[1] if len(sys.argv) > 1 else None)
   ds = sources.load_dataset(path)
   xv = jnp.asarray(ds.x_test[:1000], jnp.float32)
   xb = ds.x_train[:512]

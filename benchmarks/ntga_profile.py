@@ -24,15 +24,11 @@ import numpy as np
 from modelsteal.data import sources
 from modelsteal.ntga import attack, cpu, kernels
 
+import _data  # benchmarks/_data.py: the data path
+
 
 def main():
-  if len(sys.argv) > 1:
-    path = sys.argv[1]
-  elif os.environ.get('MODELSTEAL_DATA'):
-    path = os.path.join(os.environ['MODELSTEAL_DATA'], 'mnist', 'mnist.npz')
-  else:
-    sys.exit('give the MNIST npz as the first argument or set '
-             'MODELSTEAL_DATA (a folder holding mnist/mnist.npz)')
+  path = _data.mnist_npz(sys.argv[1] if len(sys.argv) > 1 else None)
   n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
   jax.config.update('jax_default_matmul_precision', 'highest')
   cpu.keep_freed_memory()  # as pipelines.ntga does
