@@ -77,7 +77,7 @@ def main():
                        backup_dir=os.path.join(a.out, f'backup_{tag}'))
     model.save_weights(weights)
     print(f'cvae: trained in {time.time() - t:.1f}s', flush=True)
-  # The stealing recipe for 10,000 images (pipelines.steal.student_recipe).
+  # The stealing recipe for 10,000 images (modelsteal.experiments.recipes.student_recipe).
   n = a.per_class * k
   recipe = TrainConfig(epochs=int(min(60, max(12, round(120_000 / n)))),
                        batch_size=64 if n < 5000 else 128, learning_rate=2e-3,

@@ -82,7 +82,7 @@ def main(argv=None):
   from modelsteal.attacks import evaluate_model, label_queries, train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.defenses import parse_output  # pylint: disable=g-import-not-at-top
   from modelsteal.oracle import make_oracle  # pylint: disable=g-import-not-at-top
-  from pipelines.steal import student_recipe  # pylint: disable=g-import-not-at-top
+  from modelsteal.experiments.recipes import student_recipe  # pylint: disable=g-import-not-at-top
 
   defenses = _split_specs(args.defenses)
   for d in defenses:
