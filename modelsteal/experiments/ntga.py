@@ -61,7 +61,7 @@ def run(cfg: NtgaConfig):
     room = len(ds.y_train) - val_size
     train_size = min(train_size or room, 256, room)
   examples = data_lib.import_dataset(ds, cfg.workdir)
-  defaults = ntga.dataset_defaults(ds.name, cfg.surrogate)
+  defaults = ntga.dataset_defaults(ds.name, cfg.surrogate, ds.shape)
   eps = cfg.eps if cfg.eps is not None else defaults['eps']
   t = cfg.t if cfg.t is not None else defaults['t']
   result = ntga.generate_ntga.run(

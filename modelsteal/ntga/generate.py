@@ -52,9 +52,12 @@ DEFAULTS = {
 }
 
 
-def dataset_defaults(name: str, surrogate: str) -> dict:
-  """{'eps', 't'} for a dataset name (MNIST-like names fall back to mnist)."""
-  key = 'cifar10' if 'cifar' in name.lower() else 'mnist'
+def dataset_defaults(name: str, surrogate: str,
+                     shape: tuple | None = None) -> dict:
+  """{'eps', 't'} for a dataset: CIFAR-10's for a name with 'cifar' or for
+  colour images (`shape` (H, W, 3)), an npz of any name; MNIST's otherwise."""
+  colour = shape is not None and len(shape) == 3 and shape[-1] == 3
+  key = 'cifar10' if 'cifar' in name.lower() or colour else 'mnist'
   d = DEFAULTS[key]
   return {'eps': d['eps'], 't': d['t'][surrogate]}
 
