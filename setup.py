@@ -38,7 +38,10 @@ NT = NTGA[2:] + [
     'neural-tangents==0.6.5',
 ]
 SERVE = ['aiohttp>=3.9', 'requests>=2.31',
-         'orjson>=3.9']  # optional speed-up of JSON; json is the fallback
+         'orjson>=3.9',  # optional speed-up of JSON; json is the fallback
+         # TF Serving's gRPC API: the protos and stubs (no TF Serving binary);
+         # its major.minor follows TensorFlow's.
+         'grpcio>=1.60', 'tensorflow-serving-api>=2.16,<2.22']
 # nbclient, nbformat, ipykernel: tests/notebooks_test.py runs the notebooks;
 # pytest-xdist: the suite runs on two workers (pytest.ini).
 TEST = ['pytest>=8', 'pytest-xdist>=3.5', 'nbclient>=0.10', 'nbformat>=5.10',

@@ -70,7 +70,8 @@ class _Server:
   def __init__(self, args: list[str], limit_s: float):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', MODELSTEAL_OFFLINE='1')
     self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'pipelines.serve', '--port=0', *args], cwd=REPO,
+        [sys.executable, '-m', 'pipelines.serve', '--port=0', '--grpc_port=0',
+         *args], cwd=REPO,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     self._killer = threading.Timer(limit_s, self.proc.kill)
     self._killer.start()

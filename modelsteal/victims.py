@@ -70,9 +70,10 @@ class VictimRef:
   """Where a victim (or a student scored like one) answers from.
 
   Attributes:
-    kind: `local` (a SavedModel or `.keras` file in this process) or `rest`
-      (a TF-Serving-style endpoint).
-    location: the SavedModel directory or `.keras` path, or the model URL.
+    kind: `local` (a SavedModel or `.keras` file in this process), `rest`
+      (a TF-Serving-style REST endpoint) or `grpc` (TF Serving's gRPC API).
+    location: the SavedModel directory or `.keras` path, the model URL, or
+      the gRPC address HOST:PORT/NAME.
     fingerprint: names the victim in the answer cache; changes when the
       model does.
     details: what the endpoint said of itself (REST: version, num_classes,
@@ -91,9 +92,13 @@ class VictimRef:
   def url(self) -> str | None:
     return self.location if self.kind == 'rest' else None
 
+  @property
+  def address(self) -> str | None:
+    return self.location if self.kind == 'grpc' else None
+
   def as_param(self) -> dict:
     """The JSON form components take as a parameter (and fingerprint)."""
-    key = 'path' if self.kind == 'local' else 'url'
+    key = {'local': 'path', 'grpc': 'address'}.get(self.kind, 'url')
     return {'kind': self.kind, key: self.location,
             'fingerprint': self.fingerprint, **self.details}
 
@@ -106,9 +111,9 @@ class VictimRef:
   @classmethod
   def from_param(cls, ref: Mapping[str, Any]) -> 'VictimRef':
     rest = {k: v for k, v in ref.items()
-            if k not in ('kind', 'path', 'url', 'fingerprint')}
-    return cls(ref['kind'], ref.get('path') or ref['url'], ref['fingerprint'],
-               rest)
+            if k not in ('kind', 'path', 'url', 'address', 'fingerprint')}
+    return cls(ref['kind'], ref.get('path') or ref.get('url') or
+               ref['address'], ref['fingerprint'], rest)
 
 
 def victim_ref_from_model(model_artifact) -> VictimRef:

@@ -14,6 +14,9 @@ _VICTIM_PATH = flags.DEFINE_string(
 _VICTIM_URL = flags.DEFINE_string(
     'victim_url', None, 'A TF-Serving-style REST endpoint to steal, '
     'http://HOST:PORT/v1/models/NAME[/versions/N] (needs --dataset).')
+_VICTIM_GRPC = flags.DEFINE_string(
+    'victim_grpc', None, "TF Serving's gRPC PredictionService to steal, "
+    'HOST:PORT/NAME[/versions/N], e.g. 127.0.0.1:8500/mnist (needs --dataset).')
 _QUERY_DATA = flags.DEFINE_string(
     'query_data', None, "Attacker's query dataset; default: the attacker's "
     'half of --dataset.')
@@ -106,7 +109,8 @@ def steal_config():
     budgets, rounds, chosen = (schedule[-1],), len(schedule), True
   return StealConfig(
       victim=_VICTIM.value, victim_path=_VICTIM_PATH.value,
-      victim_url=_VICTIM_URL.value, dataset=common.DATASET.value,
+      victim_url=_VICTIM_URL.value, victim_grpc=_VICTIM_GRPC.value,
+      dataset=common.DATASET.value,
       data_dir=common.DATA_DIR.value, query_data=_QUERY_DATA.value,
       output=_OUTPUT.value, budgets=budgets, budget_chosen=chosen,
       query_strategy=_STRATEGY.value, students=tuple(_STUDENTS.value),

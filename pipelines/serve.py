@@ -1,6 +1,7 @@
-r"""Serve a SavedModel over HTTP with TensorFlow Serving's REST API.
+r"""Serve a SavedModel with TensorFlow Serving's REST and gRPC APIs.
 
     python -m pipelines.serve --model_dir=PATH [--model_name=NAME] [--port=8501]
+        [--grpc_port=8500]
 
 Serves every numbered version under `--model_dir` (a TF Serving model base
 directory, a SavedModel directory, or a modelsteal Model artifact: victims
@@ -15,6 +16,12 @@ CPU: BUILD_NOTES.md, "Serving".
         http://127.0.0.1:8501/v1/models/NAME:predict
     curl -d '{"inputs": ...}' http://127.0.0.1:8501/v1/models/NAME/versions/1:predict
 
+gRPC (`tensorflow.serving.PredictionService`: Predict, GetModelMetadata,
+Classify; `ModelService.GetModelStatus`) on --grpc_port answers the same
+models through the same defence and batching queue; a stock
+`tensorflow_serving.apis` client works unchanged (`modelsteal.serving.grpc_api`
+has one). Throughput of both: BUILD_NOTES.md, "Serving".
+
 Variants:
 
     --output_defense=label | topk:3 | rounded:2 | cutoff:0.5 | noise:0.05 |
@@ -22,10 +29,11 @@ Variants:
     --nobatching                        one model call per request
     --batch_max_size=256 --batch_timeout_ms=5   batching window
     --max_body_bytes=33554432           larger bodies get 413
-    --port=0                            any free port (printed)
+    --port=0 --grpc_port=0              any free ports (printed)
+    --grpc_port=-1                      REST only
 
 Steal it: `python -m pipelines.steal --victim_url=http://127.0.0.1:8501/v1/
-models/NAME --dataset=mnist`.
+models/NAME --dataset=mnist`, or over gRPC with `--victim_grpc=127.0.0.1:8500/NAME`.
 """
 
 from __future__ import annotations
@@ -47,7 +55,10 @@ _MODEL_NAME = flags.DEFINE_string('model_name', None, 'Name in URLs, '
                                   '/v1/models/NAME; default: "model".')
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Interface to listen on '
                             '(0.0.0.0 exposes the server to the network).')
-_PORT = flags.DEFINE_integer('port', 8501, 'TCP port (0: any free port).')
+_PORT = flags.DEFINE_integer('port', 8501, 'REST port (0: any free port).')
+_GRPC_PORT = flags.DEFINE_integer(
+    'grpc_port', 8500, 'gRPC port of TF Serving\'s PredictionService and '
+    'ModelService (0: any free port; -1: no gRPC).')
 # Named apart from pipelines.defend's --defense (training defences against
 # poisoned data): the specs here are those of pipelines.steal's --output.
 _DEFENSE = flags.DEFINE_string(
@@ -72,6 +83,7 @@ class ServeConfig:
   model_name: str = 'model'
   host: str = '127.0.0.1'
   port: int = 8501
+  grpc_port: int = 8500  # -1: no gRPC
   defense: str = 'none'
   max_body_bytes: int = 32 << 20
   batching: bool = True
@@ -90,6 +102,12 @@ def build_server(cfg: ServeConfig):
                       'numbered versions) to serve.')
   if not 0 <= cfg.port < 65536:
     raise ConfigError('port', f'must be in 0..65535, got {cfg.port}.')
+  if not -1 <= cfg.grpc_port < 65536:
+    raise ConfigError('grpc_port', 'must be in 0..65535, or -1 for no gRPC, '
+                      f'got {cfg.grpc_port}.')
+  if cfg.grpc_port == cfg.port and cfg.port:
+    raise ConfigError('grpc_port', f'and {{port}} are both {cfg.port}; REST '
+                      'and gRPC need a port each.')
   if cfg.batch_max_size < 1 or cfg.batch_timeout_ms < 0:
     raise ConfigError('batch_max_size', 'must be >= 1 and '
                       '{batch_timeout_ms} >= 0.')
@@ -113,6 +131,9 @@ def run(cfg: ServeConfig) -> None:
   gc.collect()
   gc.freeze()
 
+  grpc_port = None if cfg.grpc_port < 0 else cfg.grpc_port
+  app = server.make_app(grpc_port=grpc_port, grpc_host=cfg.host)
+
   def ready(port):
     base = f'http://{cfg.host}:{port}/v1/models/{cfg.model_name}'
     print(f'[serve] model {cfg.model_name!r} versions '
@@ -123,15 +144,19 @@ def run(cfg: ServeConfig) -> None:
           flush=True)
     print(f'[serve] listening: {base}  (predict: POST {base}:predict; '
           'Ctrl-C stops)', flush=True)
+    if server.grpc is not None:
+      print(f'[serve] grpc: {server.grpc.address}  (PredictionService, '
+            f'ModelService; model_spec.name={cfg.model_name!r})', flush=True)
 
-  serving.serve_forever(server.make_app(), cfg.host, cfg.port, on_ready=ready)
+  serving.serve_forever(app, cfg.host, cfg.port, on_ready=ready)
   print('[serve] stopped.', flush=True)
 
 
 def config_from_flags() -> ServeConfig:
   return ServeConfig(
       model_dir=_MODEL_DIR.value, model_name=_MODEL_NAME.value or 'model',
-      host=_HOST.value, port=_PORT.value, defense=_DEFENSE.value,
+      host=_HOST.value, port=_PORT.value, grpc_port=_GRPC_PORT.value,
+      defense=_DEFENSE.value,
       max_body_bytes=_MAX_BODY.value, batching=_BATCHING.value,
       batch_max_size=_BATCH_MAX.value, batch_timeout_ms=_BATCH_TIMEOUT.value,
       versions=_VERSIONS.value, seed=common.SEED.value)

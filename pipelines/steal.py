@@ -26,6 +26,8 @@ Variants:
     --victim_url=http://127.0.0.1:8501/v1/models/NAME --dataset=mnist
                                  a victim behind a TF-Serving REST endpoint
                                  (python -m pipelines.serve), over HTTP
+    --victim_grpc=127.0.0.1:8500/NAME --dataset=mnist  the same over TF
+                                 Serving's gRPC PredictionService
     --students=mnist_cnn,lenet5,mnist_mlp              student architectures
     --warm_start --round_candidates=10000              cheaper rounds: train
                                  each round's student further, score 10,000

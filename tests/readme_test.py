@@ -148,6 +148,8 @@ def _serve(state, args, monkeypatch, capsys):
       on_ready(server.port)
 
   monkeypatch.setattr(serving, 'serve_forever', background)
+  if not any(a.startswith('--grpc_port') for a in args):
+    args = [*args, '--grpc_port=0']  # 8500 may be taken too
   out = _run_pipeline('serve', args, capsys)
   gc.unfreeze()  # serve freezes the heap for its own process; not ours
   name = flags.FLAGS['model_name'].default or 'model'

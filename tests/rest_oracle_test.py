@@ -257,7 +257,7 @@ def test_steal_pipeline_victim_url_errors(server, tiny_npz, tmp_path, capsys):
       **common)
   assert 'pick the dataset' in _steal(
       capsys, victim_url=url, dataset='offline_mnist', **common)
-  assert 'not both' in _steal(capsys, victim_url=url, victim_path=str(
+  assert 'not several' in _steal(capsys, victim_url=url, victim_path=str(
       tmp_path), dataset=tiny_npz, **common)
 
 

@@ -424,16 +424,21 @@ class _CliServer:
   def __init__(self, *args, limit_s=180):
     env = dict(os.environ, MODELSTEAL_OFFLINE='1', TF_CPP_MIN_LOG_LEVEL='2')
     self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'pipelines.serve', '--port=0', *args],
+        [sys.executable, '-m', 'pipelines.serve', '--port=0',
+         '--grpc_port=0', *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     self._killer = threading.Timer(limit_s, self.proc.kill)
     self._killer.start()
     self.lines = []
+    self.url = self.grpc = None
     for line in self.proc.stdout:
       self.lines.append(line)
       if line.startswith('[serve] listening:'):
         self.url = line.split()[2]
+      elif line.startswith('[serve] grpc:'):
+        self.grpc = line.split()[2]
+      if self.url and (self.grpc or '--grpc_port=-1' in args):
         return
     self.close()
     raise AssertionError('the server did not start:\n' + ''.join(self.lines))
@@ -520,6 +525,19 @@ def test_steal_over_http_then_serve_the_student(server, tiny_npz, tmp_path):
     np.testing.assert_allclose(cols.json()['outputs']['probabilities'], local,
                                atol=1e-5)
     assert cols.json()['outputs']['label'] == list(local.argmax(1))
+    # the same model over gRPC, as a stock TF Serving client asks it
+    import grpc  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = 'student'
+    req.inputs['images'].CopyFrom(tf.make_tensor_proto(x))
+    with grpc.insecure_channel(cli.grpc) as channel:
+      resp = prediction_service_pb2_grpc.PredictionServiceStub(
+          channel).Predict(req, TIMEOUT)
+    np.testing.assert_allclose(
+        tf.make_ndarray(resp.outputs['probabilities']), local, atol=1e-5)
     bad = requests.post(f'{base}/v1/models/student:predict',
                         data=b'{"instances": [1,', timeout=TIMEOUT)
     assert bad.status_code == 400 and 'error' in bad.json()

@@ -121,12 +121,26 @@ def test_exported_uq_student_serves_through_pipelines_serve(students, probe_x,
   base = str(tmp_path / 'served')
   uq.export_uq_saved_model(student, base, 1)
   ms = serve.build_server(serve.ServeConfig(model_dir=base, model_name='uq'))
-  with serving.BackgroundServer(ms.make_app()) as bg:
+  with serving.BackgroundServer(ms.make_app(grpc_port=0)) as bg:
     r = requests.post(bg.url + '/v1/models/uq:predict',
                       json={'instances': probe_x[:5].tolist()}, timeout=60)
     assert r.status_code == 200, r.text
     preds = r.json()['predictions']
+    import grpc  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = 'uq'
+    req.inputs['images'].CopyFrom(tf.make_tensor_proto(probe_x[:5]))
+    with grpc.insecure_channel(f'127.0.0.1:{ms.grpc.port}') as channel:
+      out = prediction_service_pb2_grpc.PredictionServiceStub(
+          channel).Predict(req, 60)
   want = student.sample_probs(probe_x[:5])
+  np.testing.assert_allclose(tf.make_ndarray(out.outputs['probabilities']),
+                             want.mean(0), atol=1e-5)
+  np.testing.assert_allclose(
+      tf.make_ndarray(out.outputs['mutual_information']),
+      div.mutual_information(want), atol=1e-4)
   np.testing.assert_allclose([p['probabilities'] for p in preds],
                              want.mean(0), atol=1e-5)
   np.testing.assert_allclose([p['mutual_information'] for p in preds],

@@ -30,6 +30,7 @@ class StealConfig:
   victim: str = 'mnist_cnn'
   victim_path: str | None = None
   victim_url: str | None = None
+  victim_grpc: str | None = None  # HOST:PORT/NAME[/versions/N]
   dataset: str | None = None
   data_dir: str | None = None
   query_data: str | None = None
@@ -54,6 +55,11 @@ class StealConfig:
 
   def __post_init__(self):
     _validate(self)
+
+  @property
+  def external_victim(self) -> bool:
+    """A victim the user brings (a file or an endpoint), not a zoo name."""
+    return bool(self.victim_path or self.victim_url or self.victim_grpc)
 
   @property
   def strategies(self) -> list[str]:
@@ -97,14 +103,17 @@ def _validate(cfg: StealConfig) -> None:
     if b < 1:
       raise ConfigError('budgets', f': the query budget must be at least 1, '
                         f'got {b}.')
-  if cfg.victim_path and cfg.victim_url:
-    raise ConfigError('victim_path', 'or {victim_url}: pass one, not both.')
-  for field in ('victim_path', 'victim_url'):
+  given = [f for f in ('victim_path', 'victim_url', 'victim_grpc')
+           if getattr(cfg, f)]
+  if len(given) > 1:
+    raise ConfigError(given[0], 'or ' + ' or '.join(
+        '{%s}' % f for f in given[1:]) + ': pass one victim, not several.')
+  for field in given:
     if getattr(cfg, field) and not cfg.dataset:
       raise ConfigError(field, 'needs {dataset}: the data the victim '
                         'classifies.')
   spec = None
-  if not (cfg.victim_path or cfg.victim_url):
+  if not cfg.external_victim:
     from modelsteal import victims  # pylint: disable=g-import-not-at-top
     spec = victims.get_victim(cfg.victim)
   students = list(cfg.students) or list(spec.students if spec else ())
@@ -209,7 +218,7 @@ def query_source(cfg: StealConfig, dataset, splits, wd: str, steps: Steps,
   if (cfg.query_data or '').startswith('generator:'):
     from modelsteal.experiments import synthetic  # pylint: disable=g-import-not-at-top
     return synthetic.generated_queries(cfg, dataset, wd, steps, name)
-  own = cfg.dataset or (None if cfg.victim_path or cfg.victim_url else
+  own = cfg.dataset or (None if cfg.external_victim else
                         victims.get_victim(cfg.victim).dataset)
   if not cfg.query_data or cfg.query_data == own:
     return splits
@@ -237,6 +246,8 @@ def open_victim(cfg: StealConfig, dataset, splits, wd: str, steps: Steps,
   from modelsteal.training import recipe_params  # pylint: disable=g-import-not-at-top
   if cfg.victim_url:
     return _rest_victim(cfg.victim_url, dataset, name)
+  if cfg.victim_grpc:
+    return _grpc_victim(cfg.victim_grpc, dataset, name)
   if cfg.victim_path:
     ref = victims.victim_ref_from_path(cfg.victim_path)
     load_predictor(ref.location).check_input(dataset.shape)
@@ -271,6 +282,20 @@ def _rest_victim(url: str, dataset, name: str) -> Victim:
   return Victim(ref, label, 'unknown')
 
 
+def _grpc_victim(address: str, dataset, name: str) -> Victim:
+  from modelsteal.export import check_input_shape  # pylint: disable=g-import-not-at-top
+  from modelsteal.oracle.grpc_oracle import victim_ref_from_address  # pylint: disable=g-import-not-at-top
+  ref = VictimRef.from_param(victim_ref_from_address(
+      address, num_classes=dataset.num_classes))
+  check_input_shape(ref.details.get('input_shape'), dataset.shape,
+                    ref.location)
+  label = 'grpc:' + ref.location.split('/', 1)[1].replace('/versions/', '@v')
+  print(f'[{name}] victim {ref.location} (gRPC): version '
+        f'{ref.details["version"]}, {ref.details["num_classes"]} classes '
+        f'(fingerprint {ref.fingerprint[:12]})', flush=True)
+  return Victim(ref, label, 'unknown')
+
+
 def score_victim(victim: Victim, splits, query_splits, wd: str,
                  steps: Steps, data: str = '') -> dict:
   """The victim's results row (accuracy on test, on the attacker's data)."""
@@ -288,7 +313,7 @@ def default_students(cfg: StealConfig, dataset) -> list[str]:
   from modelsteal import victims  # pylint: disable=g-import-not-at-top
   if cfg.students:
     return list(cfg.students)
-  if not (cfg.victim_path or cfg.victim_url):
+  if not cfg.external_victim:
     return list(victims.get_victim(cfg.victim).students)
   return (['mnist_cnn', 'mnist_mlp'] if dataset.shape[-1] == 1
           else ['cifar10_cnn', 'lenet5'])

@@ -7,6 +7,8 @@ that is also part of component fingerprints):
     {'kind': 'local', 'path': SAVEDMODEL_OR_KERAS_PATH, 'fingerprint': ...}
     {'kind': 'rest', 'url': 'http://HOST:PORT/v1/models/NAME',
      'fingerprint': ..., 'num_classes': K}   (`rest.victim_ref_from_url`)
+    {'kind': 'grpc', 'address': 'HOST:PORT/NAME', 'fingerprint': ...,
+     'num_classes': K}           (`grpc_oracle.victim_ref_from_address`)
 """
 
 from modelsteal.oracle.base import BudgetExceededError
@@ -15,7 +17,7 @@ from modelsteal.oracle.base import Oracle
 from modelsteal.oracle.base import OracleError
 from modelsteal.oracle.cache import AnswerCache
 
-ORACLE_KINDS = ('local', 'rest')
+ORACLE_KINDS = ('local', 'rest', 'grpc')
 
 
 def make_oracle(victim_ref, **kwargs) -> Oracle:
@@ -30,6 +32,12 @@ def make_oracle(victim_ref, **kwargs) -> Oracle:
   if kind == 'rest':
     from modelsteal.oracle.rest import RestOracle  # pylint: disable=g-import-not-at-top
     return RestOracle(ref.location, identity=ref.fingerprint,
+                      num_classes=ref.details.get('num_classes'),
+                      signature_name=ref.details.get('signature_name'),
+                      **kwargs)
+  if kind == 'grpc':
+    from modelsteal.oracle.grpc_oracle import GrpcOracle  # pylint: disable=g-import-not-at-top
+    return GrpcOracle(ref.location, identity=ref.fingerprint,
                       num_classes=ref.details.get('num_classes'),
                       signature_name=ref.details.get('signature_name'),
                       **kwargs)

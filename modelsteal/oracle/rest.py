@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
-import time
 
 import numpy as np
 
@@ -38,6 +36,10 @@ from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
 from modelsteal.oracle.base import Oracle
 from modelsteal.oracle.base import OracleError
+from modelsteal.retry import call_with_retries
+from modelsteal.retry import RetriesExhausted
+from modelsteal.retry import RetryPolicy
+from modelsteal.retry import Transient
 
 _URL = re.compile(r'^https?://[^/\s]+/v1/models/[^/:\s]+(/versions/\d+)?/?$')
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -67,59 +69,48 @@ class _Http:
     self._requests = requests
     self.session = session or requests.Session()
     self.timeout = (connect_timeout_s, timeout_s)
-    self.retries = retries
-    self.backoff_s = backoff_s
-    self.max_backoff_s = max_backoff_s
+    self.policy = RetryPolicy(retries, backoff_s, max_backoff_s)
     self.attempts = 0  # HTTP attempts made, retries included
 
-  def _sleep(self, attempt: int, retry_after: str | None) -> None:
-    delay = self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2)
-    if retry_after:
+  def _attempt(self, method: str, url: str, body: bytes | None) -> dict:
+    requests = self._requests
+    self.attempts += 1
+    try:
+      resp = self.session.request(
+          method, url, data=body, timeout=self.timeout,
+          headers={'Content-Type': 'application/json'} if body else None)
+    except (requests.ConnectionError, requests.Timeout) as e:
+      raise Transient(f'{type(e).__name__}: {str(e)[:200]}') from None
+    if resp.status_code == 200:
       try:
-        delay = max(delay, float(retry_after))
+        return resp.json()
       except ValueError:
-        pass
-    time.sleep(min(delay, self.max_backoff_s))
+        raise OracleError(
+            f'{url} answered something that is not JSON (content type '
+            f'{resp.headers.get("Content-Type")!r}: '
+            f'{resp.text[:120]!r}); is this a TF Serving endpoint?'
+        ) from None
+    message = _server_message(resp)
+    if resp.status_code == 413:
+      raise BodyTooLargeError(f'{url} refused the request as too large '
+                              f'(HTTP 413: {message})')
+    if resp.status_code not in _RETRY_STATUS:
+      raise OracleError(f'{url} refused the request: HTTP '
+                        f'{resp.status_code}: {message}')
+    raise Transient(f'HTTP {resp.status_code}: {message}',
+                    resp.headers.get('Retry-After'))
 
   def call(self, method: str, url: str, body: bytes | None = None) -> dict:
-    requests = self._requests
-    last = ''
-    for attempt in range(self.retries + 1):
-      self.attempts += 1
-      retry_after = None
-      try:
-        resp = self.session.request(
-            method, url, data=body, timeout=self.timeout,
-            headers={'Content-Type': 'application/json'} if body else None)
-      except (requests.ConnectionError, requests.Timeout) as e:
-        last = f'{type(e).__name__}: {str(e)[:200]}'
-      else:
-        if resp.status_code == 200:
-          try:
-            return resp.json()
-          except ValueError:
-            raise OracleError(
-                f'{url} answered something that is not JSON (content type '
-                f'{resp.headers.get("Content-Type")!r}: '
-                f'{resp.text[:120]!r}); is this a TF Serving endpoint?'
-            ) from None
-        message = _server_message(resp)
-        if resp.status_code == 413:
-          raise BodyTooLargeError(f'{url} refused the request as too large '
-                                  f'(HTTP 413: {message})')
-        if resp.status_code not in _RETRY_STATUS:
-          raise OracleError(f'{url} refused the request: HTTP '
-                            f'{resp.status_code}: {message}')
-        last = f'HTTP {resp.status_code}: {message}'
-        retry_after = resp.headers.get('Retry-After')
-      if attempt < self.retries:
-        self._sleep(attempt, retry_after)
-    raise OracleError(
-        f'the victim endpoint {literal(url)} is unreachable or failing after '
-        f'{self.retries + 1} attempts ({literal(last)}). Is the server running '
-        '(python -m pipelines.serve --model_dir=...) and the URL right? Rerun '
-        'to '
-        'resume: answers received so far are cached.')
+    try:
+      return call_with_retries(lambda: self._attempt(method, url, body),
+                               self.policy)
+    except RetriesExhausted as e:
+      raise OracleError(
+          f'the victim endpoint {literal(url)} is unreachable or failing '
+          f'after {e.attempts} attempts ({literal(e.last)}). Is the server '
+          'running (python -m pipelines.serve --model_dir=...) and the URL '
+          'right? Rerun to resume: answers received so far are cached.'
+      ) from None
 
 
 def _encode(request: dict) -> bytes:

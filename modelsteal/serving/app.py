@@ -92,16 +92,26 @@ class ModelServer:
     self._batchers: dict[tuple, Batcher] = {}
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self._io_executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self.grpc = None  # the gRPC endpoint, when make_app starts one
     if batching:  # validate the batching arguments now, not on a request
       Batcher(lambda x: x, None, max_batch_size, batch_timeout_s)
 
   # -- app -------------------------------------------------------------------
 
-  def make_app(self) -> web.Application:
+  def make_app(self, grpc_port: int | None = None,
+               grpc_host: str = '127.0.0.1') -> web.Application:
+    """The aiohttp app; with `grpc_port` (0: any free port) it also starts
+    TF Serving's gRPC API on the same loop (`grpc_api`); `self.grpc` then
+    holds that endpoint and its bound port."""
     # aiohttp enforces the body limit while reading (chunked bodies too);
     # bodies announced larger by Content-Length are refused before reading.
     app = web.Application(middlewares=[self._errors],
                           client_max_size=self.max_body_bytes)
+    self.grpc = None
+    if grpc_port is not None:
+      from modelsteal.serving.grpc_api import GrpcEndpoint  # pylint: disable=g-import-not-at-top
+      self.grpc = GrpcEndpoint(self, grpc_host, grpc_port,
+                               self.max_body_bytes)
     m = r'{name:[^/:]+}'
     v = r'{version:[^/:]+}'
     app.router.add_get(f'/v1/models/{m}', self._status)
@@ -121,9 +131,13 @@ class ModelServer:
         self.num_threads, thread_name_prefix='model')
     self._io_executor = concurrent.futures.ThreadPoolExecutor(
         2, thread_name_prefix='decode')
+    if self.grpc is not None:
+      await self.grpc.start()
 
   async def _stop(self, app):
     del app
+    if self.grpc is not None:
+      await self.grpc.stop()
     for b in self._batchers.values():
       await b.close()
     self._batchers.clear()
@@ -166,18 +180,16 @@ class ModelServer:
       return _error(500, f'internal error: {type(e).__name__}: {e}')
 
   def _count_error(self, request):
-    name = request.match_info.get('name') if request.match_info else None
+    self.count_error(request.match_info.get('name') if request.match_info
+                     else None)
+
+  def count_error(self, name: str | None) -> None:
     if name in self.stats:
       self.stats[name].errors += 1
 
   def _servable(self, request: web.Request) -> Servable:
-    name = request.match_info['name']
-    if name not in self.models:
-      version = request.match_info.get('version')
-      what = f'Specific({name}, {version})' if version else f'Latest({name})'
-      raise ServingError(404, f'Servable not found for request: {what}; '
-                         f'models served: {sorted(self.models)}.')
-    return self.models[name]
+    return self.servable(request.match_info['name'],
+                         request.match_info.get('version'))
 
   # -- handlers --------------------------------------------------------------
 
@@ -234,8 +246,16 @@ class ModelServer:
           self._io_executor, parse_predict_request, obj, sig.inputs)
     else:
       inputs, rows = parse_predict_request(obj, sig.inputs)
-    stats = self.stats[servable.name]
-    stats.decode_s += time.perf_counter() - started
+    self.stats[servable.name].decode_s += time.perf_counter() - started
+    out = await self.run_model(servable, version, sig, inputs)
+    return web.Response(body=encode_json(format_predictions(out, rows),
+                                         finite=all_finite(out)),
+                        content_type='application/json')
+
+  async def run_model(self, servable: Servable, version, sig,
+                      inputs: dict) -> dict:
+    """One request's checked inputs -> the signature's visible outputs,
+    through the shared batching queue (REST and gRPC alike)."""
     started = time.perf_counter()
     if self.batching:
       key = (servable.name, version.number, sig.name)
@@ -247,12 +267,19 @@ class ModelServer:
     else:
       out = await asyncio.get_running_loop().run_in_executor(
           self._executor, sig.run, inputs)
+    stats = self.stats[servable.name]
     stats.model_s += time.perf_counter() - started
     stats.requests += 1
     stats.instances += len(next(iter(inputs.values())))
-    return web.Response(body=encode_json(format_predictions(out, rows),
-                                         finite=all_finite(out)),
-                        content_type='application/json')
+    return out
+
+  def servable(self, name: str, version: str | int | None = None):
+    """The named model, or a 404 `ServingError` naming what is served."""
+    if name not in self.models:
+      what = f'Specific({name}, {version})' if version else f'Latest({name})'
+      raise ServingError(404, f'Servable not found for request: {what}; '
+                         f'models served: {sorted(self.models)}.')
+    return self.models[name]
 
   async def _stats(self, request: web.Request) -> web.Response:
     del request

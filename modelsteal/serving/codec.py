@@ -115,29 +115,45 @@ def _to_array(value: Any, name: str, spec) -> np.ndarray:
     raise ServingError(400, f'input "{name}" expects numbers of type '
                        f'{dtype_enum(spec.dtype)}, got {raw.dtype.name} '
                        'values (strings or booleans?).')
-  if raw.dtype.kind == 'f' and not np.isfinite(raw).all():
-    raise ServingError(400, f'input "{name}" contains NaN or Infinity; '
-                       'send finite numbers.')
-  if raw.size == 0:
-    raise ServingError(400, f'input "{name}" is empty; send at least one '
-                       'instance.')
   if raw.dtype.kind == 'f' and np.dtype(np_dtype).kind in 'iu':
+    check_input(raw, name, spec)  # NaN, empty and shape say more first
     raise ServingError(400, f'input "{name}" expects integers '
                        f'({dtype_enum(spec.dtype)}), got fractional numbers.')
-  shape = spec.shape
-  if shape is not None:
-    if raw.ndim != len(shape) or any(
-        d is not None and d != g for d, g in zip(shape, raw.shape)):
-      want = '(' + ', '.join('N' if i == 0 and d is None else
-                             ('?' if d is None else str(d))
-                             for i, d in enumerate(shape)) + ')'
-      raise ServingError(400, f'input "{name}" must have shape {want}, got '
-                         f'{tuple(raw.shape)}.')
+  check_input(raw, name, spec)
   with np.errstate(over='ignore', invalid='ignore'):
     arr = raw.astype(np_dtype)
   if arr.dtype.kind == 'f' and not np.isfinite(arr).all():
     raise ServingError(400, f'input "{name}" overflows {spec.dtype}.')
   return arr
+
+
+def check_input(arr: np.ndarray, name: str, spec) -> None:
+  """What every transport checks of an input tensor: finite, not empty, of
+  a shape the signature accepts (400 otherwise)."""
+  if arr.dtype.kind == 'f' and not np.isfinite(arr).all():
+    raise ServingError(400, f'input "{name}" contains NaN or Infinity; '
+                       'send finite numbers.')
+  if arr.size == 0:
+    raise ServingError(400, f'input "{name}" is empty; send at least one '
+                       'instance.')
+  shape = spec.shape
+  if shape is not None:
+    if arr.ndim != len(shape) or any(
+        d is not None and d != g for d, g in zip(shape, arr.shape)):
+      raise ServingError(400, f'input "{name}" must have shape '
+                         f'{shape_text(shape)}, got {tuple(arr.shape)}.')
+
+
+def shape_text(shape: tuple) -> str:
+  """(None, 28, 28, 1) -> '(N, 28, 28, 1)'."""
+  return '(' + ', '.join('N' if i == 0 and d is None else
+                         ('?' if d is None else str(d))
+                         for i, d in enumerate(shape)) + ')'
+
+
+def numpy_dtype(dtype_name: str):
+  """The numpy dtype of a TF dtype name this server accepts, or None."""
+  return _DTYPES.get(dtype_name, (None, None))[0]
 
 
 def parse_predict_request(obj: dict, input_specs: dict) -> tuple[dict, bool]:

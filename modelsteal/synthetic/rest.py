@@ -42,7 +42,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import re
 import time
 import urllib.parse
@@ -52,6 +51,10 @@ import numpy as np
 from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
 from modelsteal.errors import UnknownNameError
+from modelsteal.retry import call_with_retries
+from modelsteal.retry import RetriesExhausted
+from modelsteal.retry import RetryPolicy
+from modelsteal.retry import Transient
 from modelsteal.synthetic.base import Generator
 from modelsteal.synthetic.base import GeneratorError
 from modelsteal.synthetic.base import rng_for
@@ -172,8 +175,7 @@ class RestGenerator(Generator):
     self.min_interval = 1.0 / requests_per_s
     self.per_request = 1 if api == 'raw' else max(1, images_per_request)
     self.timeout = (connect_timeout_s, timeout_s)
-    self.retries, self.backoff_s = retries, backoff_s
-    self.max_backoff_s = max_backoff_s
+    self.policy = RetryPolicy(retries, backoff_s, max_backoff_s)
     self.poll_interval_s, self.max_poll_s = poll_interval_s, max_poll_s
     fp = fingerprint or ref['fingerprint']
     self.cache_dir = os.path.join(cache_dir, fp[:16]) if cache_dir else None
@@ -200,15 +202,6 @@ class RestGenerator(Generator):
 
   # -- HTTP -------------------------------------------------------------------
 
-  def _backoff(self, attempt: int, retry_after: str | float | None) -> None:
-    delay = self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2)
-    if retry_after is not None:
-      try:
-        delay = max(delay, float(retry_after))
-      except (TypeError, ValueError):
-        pass
-    _sleep(min(delay, self.max_backoff_s))
-
   def _http(self, method: str, url: str, **kwargs):
     """One HTTP exchange, rate-limited; returns the response (any status)
     or raises `requests` connection/timeout errors."""
@@ -225,25 +218,25 @@ class RestGenerator(Generator):
   def _with_retries(self, what: str, attempt_fn):
     """Runs `attempt_fn()` (one full request and parse) with retries."""
     requests = self._requests
-    last = ''
-    for attempt in range(self.retries + 1):
-      retry_after = None
+
+    def attempt():
       try:
         return attempt_fn()
       except (requests.ConnectionError, requests.Timeout) as e:
-        last = f'{type(e).__name__}: {str(e)[:160]}'
+        raise Transient(f'{type(e).__name__}: {str(e)[:160]}') from None
       except _Retry as e:
-        last, retry_after = e.message, e.retry_after
+        raise Transient(e.message, e.retry_after) from None
       except _Junk as e:
-        last = f'junk answer: {e}'
-      if attempt < self.retries:
-        self._backoff(attempt, retry_after)
-    raise GeneratorError(
-        f'the generator service {self.url} is unreachable or failing after '
-        f'{self.retries + 1} attempts to {what} ({literal(last)}). Check the '
-        'URL, the {generator_api} and that the service is up; rerun to '
-        'resume: images '
-        'received so far are cached.')
+        raise Transient(f'junk answer: {e}') from None
+
+    try:
+      return call_with_retries(attempt, self.policy, sleep=_sleep)
+    except RetriesExhausted as e:
+      raise GeneratorError(
+          f'the generator service {self.url} is unreachable or failing after '
+          f'{e.attempts} attempts to {what} ({literal(e.last)}). Check the '
+          'URL, the {generator_api} and that the service is up; rerun to '
+          'resume: images received so far are cached.') from None
 
   def _check(self, resp):
     """Raises _Retry for transient statuses, GeneratorError for others."""
