@@ -187,8 +187,10 @@ _BAD = [
     ('Infinity', 'POST', '/v1/models/tiny:predict',
      {'data': json.dumps({'inputs': [[[[float('inf')]] * 12] * 12]})}, 400,
      'Infinity'),
-    ('binary value', 'POST', '/v1/models/tiny:predict',
-     {'json': {'instances': [{'b64': 'AAAA'}]}}, 400, 'images'),
+    ('binary value that is no image', 'POST', '/v1/models/tiny:predict',
+     {'json': {'instances': [{'b64': 'AAAA'}]}}, 400, 'not a PNG'),
+    ('object value', 'POST', '/v1/models/tiny:predict',
+     {'json': {'inputs': {'images': {'x': 1}}}}, 400, 'object values'),
     ('unknown request key', 'POST', '/v1/models/tiny:predict',
      {'json': {**_GOOD, 'examples': []}}, 400, 'unknown request keys'),
     ('unknown signature', 'POST', '/v1/models/tiny:predict',
@@ -554,10 +556,81 @@ def test_codec_without_orjson_gives_the_same_answers(monkeypatch):
   fast_out = codec.encode_json(codec.format_predictions(out, True))
   monkeypatch.setattr(codec, 'orjson', None)
   assert codec.decode_json(body.encode()) == fast
-  assert json.loads(codec.encode_json(codec.format_predictions(out, True))) == (
-      json.loads(fast_out))
+  slow_out = codec.encode_json(codec.format_predictions(out, True))
+  # the same float32 values (orjson writes float32's shortest repr, json
+  # the float64 repr of the same float32)
+  np.testing.assert_array_equal(
+      np.float32(json.loads(slow_out)['predictions']),
+      np.float32(json.loads(fast_out)['predictions']))
   with pytest.raises(codec.ServingError, match='JSON Parse error'):
     codec.decode_json(b'{"instances": [1,')
   assert codec.decode_json(b'{"inputs": [NaN]}')['inputs'][0] != 0
+
+
+def _spec(shape=(None, 2, 2, 1)):
+  from modelsteal.serving.registry import TensorSpec  # pylint: disable=g-import-not-at-top
+  return {'images': TensorSpec('images:0', 'float32', shape)}
+
+
+def test_fast_request_path_reads_exactly_what_the_general_path_reads():
+  from modelsteal.serving import codec  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).random((3, 2, 2, 1)).astype(np.float32)
+  x[0, 0, 0, 0] = -1.5e-7
+  specs = _spec()
+  for obj in ({'instances': x.tolist()},
+              {'signature_name': 'serving_default', 'inputs': x.tolist()}):
+    for body in (json.dumps(obj).encode(), json.dumps(obj, indent=2).encode()):
+      fast = codec.fast_predict_request(body, lambda name: specs)
+      assert fast is not None, body[:80]
+      general, rows = codec.parse_predict_request(codec.decode_json(body),
+                                                  specs)
+      np.testing.assert_array_equal(fast[0]['images'], general['images'])
+      assert fast[1] == rows == ('instances' in obj)
+      assert fast[2] == obj.get('signature_name')
+
+
+@pytest.mark.parametrize('body', [
+    b'{"instances": [[[[1],[2]],[[3],[4]]], [[[1],[2]],[[3]]]]}',  # ragged
+    b'{"instances": [[[[1],[2]],[[3],[4,5]]]]}',  # an extra value, same count
+    b'{"instances": [[[[1],[2]],[[3],[4]]]], "x": 1}',  # unknown key
+    b'{"instances": [[[[1],[2]],[[3],[4]]]], "signature_name": 3}',
+    b'{"instances": [[[[1],[2]],[[3],[1-2]]]]}',  # not a number
+    b'{"instances": [[[[1],[2]],[[3],[1e999]]]]}',  # overflows
+    b'{"instances": [[[[1],[2]],[[3],[4]]]]',  # not JSON
+    b'{"instances": [], "inputs": [[[[1],[2]],[[3],[4]]]]}',
+    b'{"instances": [[[[1],[2]],[[3],[4]]],], "a": 1}',
+])
+def test_fast_request_path_leaves_anything_odd_to_the_general_path(body):
+  from modelsteal.serving import codec  # pylint: disable=g-import-not-at-top
+  assert codec.fast_predict_request(body, lambda name: _spec()) is None
+
+
+def _png(img):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format='PNG')
+  import base64  # pylint: disable=g-import-not-at-top
+  return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_b64_png_instances_are_decoded_as_images(server, tiny_model):
+  x = _x(3)
+  pixels = np.round(x[..., 0] * 255).astype(np.uint8)
+  rows = [{'b64': _png(p)} for p in pixels]
+  r = _post(server, '/v1/models/tiny:predict', json={'instances': rows})
+  assert r.status_code == 200, r.text
+  want = _local(tiny_model, pixels[..., None].astype(np.float32) / 255)
+  np.testing.assert_allclose([p['probabilities'] for p in
+                              r.json()['predictions']], want, atol=1e-5)
+  r = _post(server, '/v1/models/tiny:predict',
+            json={'inputs': {'b64': _png(pixels[0])}})
+  assert r.status_code == 200, r.text
+  bad = _post(server, '/v1/models/tiny:predict',
+              json={'instances': [{'b64': _png(np.zeros((5, 5), np.uint8))}]})
+  assert bad.status_code == 400 and '5x5' in bad.json()['error']
+  junk = _post(server, '/v1/models/tiny:predict',
+               json={'instances': [{'b64': 'aGVsbG8='}]})
+  assert junk.status_code == 400 and 'not a PNG' in junk.json()['error']
 
 

@@ -37,6 +37,7 @@ from modelsteal.serving.codec import ServingError
 from modelsteal.serving.codec import all_finite
 from modelsteal.serving.codec import decode_json
 from modelsteal.serving.codec import encode_json
+from modelsteal.serving.codec import fast_predict_request
 from modelsteal.serving.codec import format_predictions
 from modelsteal.serving.codec import parse_predict_request
 from modelsteal.serving.registry import Servable
@@ -232,6 +233,25 @@ class ModelServer:
                                           request.content_length)
     body = await request.read()
     started = time.perf_counter()
+    specs_for = lambda name: version.signature(name).inputs
+    if len(body) > _OFFLOAD_BYTES:
+      fast = await asyncio.get_running_loop().run_in_executor(
+          self._io_executor, fast_predict_request, body, specs_for)
+    else:
+      fast = fast_predict_request(body, specs_for)
+    if fast is not None:
+      inputs, rows, sig_name = fast
+      sig = version.signature(sig_name)
+    else:
+      inputs, rows, sig = await self._parse_slowly(body, version)
+    self.stats[servable.name].decode_s += time.perf_counter() - started
+    out = await self.run_model(servable, version, sig, inputs)
+    return web.Response(body=encode_json(format_predictions(out, rows),
+                                         finite=all_finite(out)),
+                        content_type='application/json')
+
+  async def _parse_slowly(self, body: bytes, version):
+    """The general JSON path (any request TF Serving takes, every error)."""
     if len(body) > _OFFLOAD_BYTES:
       obj = await asyncio.get_running_loop().run_in_executor(
           self._io_executor, decode_json, body)
@@ -246,11 +266,7 @@ class ModelServer:
           self._io_executor, parse_predict_request, obj, sig.inputs)
     else:
       inputs, rows = parse_predict_request(obj, sig.inputs)
-    self.stats[servable.name].decode_s += time.perf_counter() - started
-    out = await self.run_model(servable, version, sig, inputs)
-    return web.Response(body=encode_json(format_predictions(out, rows),
-                                         finite=all_finite(out)),
-                        content_type='application/json')
+    return inputs, rows, sig
 
   async def run_model(self, servable: Servable, version, sig,
                       inputs: dict) -> dict:

@@ -20,7 +20,9 @@ tensor, or an object of tensors).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+import warnings
 
 import numpy as np
 
@@ -94,9 +96,16 @@ def _to_array(value: Any, name: str, spec) -> np.ndarray:
   Raises ServingError (400) for ragged lists, non-numbers, NaN/Infinity,
   empty tensors and shapes the signature does not accept.
   """
+  if _is_b64(value) or (isinstance(value, list) and value and
+                        _is_b64(value[0])):
+    arr = decode_b64_images(value if isinstance(value, list) else [value],
+                            name, spec)
+    check_input(arr, name, spec)
+    return arr
   if isinstance(value, dict):
-    raise ServingError(400, f'input "{name}": binary ({{"b64": ...}}) or '
-                       'object values are not supported; send numbers.')
+    raise ServingError(400, f'input "{name}": object values are not '
+                       'supported; send numbers, or images as '
+                       '{"b64": "<base64 PNG/JPEG>"}.')
   try:
     raw = np.asarray(value)
   except ValueError:
@@ -127,6 +136,62 @@ def _to_array(value: Any, name: str, spec) -> np.ndarray:
   return arr
 
 
+def _is_b64(v) -> bool:
+  return isinstance(v, dict) and len(v) == 1 and 'b64' in v
+
+
+def decode_b64_images(values: list, name: str, spec) -> np.ndarray:
+  """TF Serving's binary values, `{"b64": "<base64>"}`, for an image input.
+
+  TF Serving hands the bytes to a string input; these models take float
+  pixels, so each value here is an encoded image (PNG, JPEG, GIF, BMP)
+  decoded to the input's (H, W, C) (grey for C=1, RGB for C=3, never
+  resized) and scaled to [0, 1] (float inputs) or kept as bytes (uint8).
+  """
+  import base64  # pylint: disable=g-import-not-at-top
+  import binascii  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  shape = spec.shape
+  if (shape is None or len(shape) != 4 or any(d is None for d in shape[1:])
+      or shape[3] not in (1, 3)):
+    raise ServingError(400, f'input "{name}" of shape {shape} takes no '
+                       'images; "b64" values are decoded as images of '
+                       '(H, W, 1 or 3).')
+  h, w, c = shape[1:]
+  dtype = numpy_dtype(spec.dtype)
+  if dtype is None or np.dtype(dtype).kind not in 'fu':
+    raise ServingError(400, f'input "{name}" ({spec.dtype}) takes no images.')
+  out = []
+  for i, v in enumerate(values):
+    if not _is_b64(v) or not isinstance(v['b64'], str):
+      raise ServingError(400, f'input "{name}": instance {i} is not '
+                         '{"b64": "<base64 string>"}; send every instance the '
+                         'same way.')
+    try:
+      raw = base64.b64decode(v['b64'], validate=True)
+      img = Image.open(io.BytesIO(raw))
+      img.load()
+    except (binascii.Error, ValueError):
+      raise ServingError(400, f'input "{name}": instance {i} is not valid '
+                         'base64.') from None
+    except Exception:  # pylint: disable=broad-except
+      raise ServingError(400, f'input "{name}": instance {i} is not a PNG, '
+                         'JPEG, GIF or BMP image.') from None
+    a = np.asarray(img.convert('L' if c == 1 else 'RGB'), np.uint8)
+    if c == 1:
+      a = a[..., None]
+    if a.shape != (h, w, c):
+      raise ServingError(400, f'input "{name}": instance {i} is an image of '
+                         f'{a.shape[1]}x{a.shape[0]}; the model takes '
+                         f'{w}x{h} (images are not resized).')
+    out.append(a)
+  arr = np.stack(out)
+  if np.dtype(dtype).kind == 'f':
+    arr = arr.astype(dtype) / np.asarray(255, dtype)
+  return arr.astype(dtype, copy=False)
+
+
 def check_input(arr: np.ndarray, name: str, spec) -> None:
   """What every transport checks of an input tensor: finite, not empty, of
   a shape the signature accepts (400 otherwise)."""
@@ -154,6 +219,77 @@ def shape_text(shape: tuple) -> str:
 def numpy_dtype(dtype_name: str):
   """The numpy dtype of a TF dtype name this server accepts, or None."""
   return _DTYPES.get(dtype_name, (None, None))[0]
+
+
+# The fast path of `fast_predict_request`: a request whose tensor is plain
+# numbers, brackets and commas, found without parsing it as JSON.
+_ROWS = re.compile(rb'"(instances|inputs)"\s*:\s*(\[[\[\]0-9eE+\-.,\s]*\])')
+_NUMBER_CHARS = b'0123456789.eE+- \t\r\n'
+_TO_SPACES = bytes.maketrans(b'[],\t\r\n', b'      ')
+_SKELETONS: dict[tuple, bytes] = {}
+
+
+def _skeleton(dims: tuple) -> bytes:
+  """The brackets and commas of a regular nested list of shape `dims`."""
+  if dims not in _SKELETONS:
+    inner = b'' if not dims[1:] else _skeleton(dims[1:])
+    _SKELETONS[dims] = b'[' + b','.join([inner] * dims[0]) + b']'
+  return _SKELETONS[dims]
+
+
+def fast_predict_request(body: bytes, specs_for
+                         ) -> tuple[dict, bool, str | None] | None:
+  """A predict body of one float tensor -> (inputs, row_format,
+  signature_name) without building Python lists; None when the body is not
+  that simple (then `parse_predict_request` decides, with its errors).
+
+  `specs_for(signature_name)` gives that signature's input specs. Checked as
+  strictly as the general path: the rest of the body must be valid JSON with
+  only `signature_name` beside the tensor, the tensor's brackets must be
+  exactly those of a regular array of the signature's instance shape, every
+  number must parse, and the values must be finite.
+  """
+  matches = list(_ROWS.finditer(body))
+  if len(matches) != 1:
+    return None
+  m = matches[0]
+  key = m.group(1).decode()
+  rest = body[:m.start(2)] + b'0' + body[m.end(2):]
+  try:
+    obj = orjson.loads(rest) if orjson is not None else json.loads(rest)
+  except ValueError:
+    return None
+  if not isinstance(obj, dict) or set(obj) - {key, 'signature_name'}:
+    return None
+  sig_name = obj.get('signature_name')
+  if sig_name is not None and not isinstance(sig_name, str):
+    return None
+  input_specs = specs_for(sig_name)
+  if len(input_specs) != 1:
+    return None
+  (name, spec), = input_specs.items()
+  if (spec.dtype != 'float32' or spec.shape is None or
+      any(d is None for d in spec.shape[1:])):
+    return None
+  text = m.group(2)
+  per_instance = int(np.prod(spec.shape[1:], dtype=np.int64))
+  with warnings.catch_warnings():
+    # junk between numbers: older numpy warns and stops, newer raises
+    warnings.simplefilter('ignore', DeprecationWarning)
+    try:
+      values = np.fromstring(text.translate(_TO_SPACES), dtype=np.float64,
+                             sep=' ')
+    except ValueError:
+      return None
+  n, extra = divmod(len(values), per_instance)
+  if extra or not n or text.translate(None, _NUMBER_CHARS) != _skeleton(
+      (n, *spec.shape[1:])):
+    return None
+  with np.errstate(over='ignore'):
+    arr = values.astype(np.float32).reshape(n, *spec.shape[1:])
+  if not np.isfinite(arr).all():
+    return None  # the general path says which (NaN, or float32 overflow)
+  return {name: arr}, key == 'instances', sig_name
 
 
 def parse_predict_request(obj: dict, input_specs: dict) -> tuple[dict, bool]:
@@ -188,7 +324,8 @@ def parse_predict_request(obj: dict, input_specs: dict) -> tuple[dict, bool]:
     if not rows:
       raise ServingError(400, '"instances" is empty; send at least one '
                          'instance.')
-    if len(names) == 1 and not isinstance(rows[0], dict):
+    if len(names) == 1 and (not isinstance(rows[0], dict) or
+                            _is_b64(rows[0])):
       columns = {names[0]: rows}
     else:
       if not all(isinstance(r, dict) for r in rows):
@@ -232,30 +369,42 @@ def parse_predict_request(obj: dict, input_specs: dict) -> tuple[dict, bool]:
 
 def format_predictions(outputs: dict[str, np.ndarray], row_format: bool
                        ) -> dict:
-  """Output arrays -> the response object (see the module docstring)."""
+  """Output arrays -> the response object (see the module docstring).
+
+  The arrays stay arrays (`encode_json` writes them without a Python object
+  per number); only row format with several outputs makes one small dict
+  per instance.
+  """
   if row_format:
     if len(outputs) == 1:
       (value,) = outputs.values()
-      return {'predictions': value.tolist()}
-    lists = {k: v.tolist() for k, v in outputs.items()}
-    n = len(next(iter(lists.values())))
-    return {'predictions': [{k: v[i] for k, v in lists.items()}
+      return {'predictions': value}
+    n = len(next(iter(outputs.values())))
+    return {'predictions': [{k: v[i] for k, v in outputs.items()}
                             for i in range(n)]}
   if len(outputs) == 1:
     (value,) = outputs.values()
-    return {'outputs': value.tolist()}
-  return {'outputs': {k: v.tolist() for k, v in outputs.items()}}
+    return {'outputs': value}
+  return {'outputs': dict(outputs)}
+
+
+def _plain(obj):
+  """json's fallback for numpy values."""
+  if isinstance(obj, (np.ndarray, np.generic)):
+    return obj.tolist()
+  raise TypeError(f'{type(obj).__name__} is not JSON serializable')
 
 
 def encode_json(obj: Any, finite: bool = True) -> bytes:
-  """Compact JSON; `finite=False` when values may hold NaN/Infinity, which
-  orjson would write as null and TF Serving writes as tokens."""
+  """Compact JSON of objects holding numpy arrays; `finite=False` when
+  values may hold NaN/Infinity, which orjson would write as null and TF
+  Serving writes as tokens."""
   if orjson is not None and finite:
     try:
-      return orjson.dumps(obj)
+      return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
     except (TypeError, orjson.JSONEncodeError):
-      pass
-  return json.dumps(obj, separators=(',', ':')).encode()
+      pass  # dtypes orjson does not write (float16, ...)
+  return json.dumps(obj, separators=(',', ':'), default=_plain).encode()
 
 
 def all_finite(outputs: dict[str, np.ndarray]) -> bool:
