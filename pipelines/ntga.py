@@ -23,7 +23,7 @@ BUILD_NOTES.md, "NTGA generation".
 Variants:
 
     --dataset=/path/mnist.npz                 a local Keras-style npz / IDX folder
-    --dataset=cifar10                         eps 8/255, t 4096 (fnn) / 8 (cnn)
+    --dataset=cifar10                         eps 8/255, t 4096 (fnn and cnn)
     --surrogate=cnn --official --val_size=2000         NTGA-CNN on a CPU
     --kernel_impl=nt                                   neural-tangents' kernels
     --nb_iter=10 --eps_iter=0.075 --rand_init          PGD settings
@@ -47,7 +47,8 @@ _SURROGATE = flags.DEFINE_enum('surrogate', 'fnn', ['fnn', 'cnn'],
 _EPS = flags.DEFINE_float('eps', None, 'L-inf budget on [0, 1] pixels; '
                           'default 0.3 (MNIST), 8/255 (CIFAR-10).')
 _T = flags.DEFINE_float('t', None, 'GP training time; default 64 (MNIST), '
-                        '4096 (CIFAR-10 fnn), 8 (CIFAR-10 cnn).')
+                        '4096 (CIFAR-10; the paper has 8 for its cnn: '
+                        'BUILD_NOTES.md, "NTGA generation").')
 _BLOCK_SIZE = flags.DEFINE_integer('block_size', 512, 'Images per block.')
 _NB_ITER = flags.DEFINE_integer('nb_iter', 10, 'PGD steps per block.')
 _EPS_ITER = flags.DEFINE_float('eps_iter', None,
