@@ -1,13 +1,15 @@
-r"""Load test of `python -m pipelines.serve`, with and without batching.
+r"""Load test of `python -m pipelines.serve`: REST and gRPC, with and
+without batching, beside the model's own local predict rate.
 
-    taskset -c 0 python benchmarks/serve_load.py --clients=8 --seconds=30
+    python benchmarks/serve_load.py --clients=8 --seconds=20 --images=1,64
 
 Starts the server (a subprocess, 127.0.0.1, a free port) on the `mnist_cnn`
 victim SavedModel trained by `python -m pipelines.steal --workdir=bench_runs`
-(or `--model_dir`), once with batching and once without; in each, `--clients`
-concurrent clients (asyncio + aiohttp, one keep-alive connection each) send
-`:predict` requests of `--images` real MNIST test images (row format, bodies
-encoded once beforehand) back to back for `--seconds`. Reports requests/s,
+(or `--model_dir`), once with batching and once without; in each, per
+protocol, `--clients` concurrent clients send requests of `--images` real
+MNIST test images back to back for `--seconds`: REST `:predict` in row format
+(asyncio + aiohttp, one keep-alive connection each), gRPC `Predict` with
+`tensor_content` (grpc.aio, one channel each); bodies built beforehand. Reports requests/s,
 images/s, latency percentiles, failed requests and the server's mean batch
 size; writes `<out>.json`.
 
@@ -76,11 +78,15 @@ class _Server:
     self._killer = threading.Timer(limit_s, self.proc.kill)
     self._killer.start()
     lines = []
+    self.url = self.grpc = None
     for line in self.proc.stdout:
       lines.append(line)
       if line.startswith('[serve] listening:'):
         self.url = line.split()[2]
         self.base = self.url.split('/v1/')[0]
+      elif line.startswith('[serve] grpc:'):
+        self.grpc = line.split()[2]
+      if self.url and self.grpc:
         # keep draining its output so the pipe never fills
         threading.Thread(target=lambda: [_ for _ in self.proc.stdout],
                          daemon=True).start()
@@ -137,6 +143,93 @@ async def _load(url: str, bodies: list[bytes], n_images: int, clients: int,
                                    timeout=timeout) as session:
     await asyncio.gather(*[client(i, session) for i in range(clients)])
   elapsed = time.monotonic() - started
+  return _summary(latencies, failures, errors, elapsed, n_images)
+
+
+def _load_grpc_sync(address: str, requests_: list, n_images: int,
+                    clients: int, seconds: float, max_requests: int) -> dict:
+  """The gRPC load from blocking stubs in `clients` threads (grpc's C core
+  waits without the GIL; cheaper per call than grpc.aio's client)."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+  latencies, errors = [], []
+  failures = [0]
+  sent = [0]
+  deadline = time.monotonic() + seconds
+
+  def client(i):
+    with grpc.insecure_channel(address) as channel:
+      stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+      k = i
+      while time.monotonic() < deadline and sent[0] < max_requests:
+        sent[0] += 1
+        req = requests_[k % len(requests_)]
+        k += clients
+        t0 = time.monotonic()
+        try:
+          resp = stub.Predict(req, timeout=30)
+          probs = np.frombuffer(resp.outputs['probabilities'].tensor_content,
+                                np.float32)
+          if probs.size % n_images or not probs.size:
+            failures[0] += 1
+            errors.append(f'{probs.size} scores for {n_images} images')
+        except grpc.RpcError as e:
+          failures[0] += 1
+          errors.append(f'{e.code()}: {e.details()}')
+        latencies.append(time.monotonic() - t0)
+
+  started = time.monotonic()
+  threads = [threading.Thread(target=client, args=(i,)) for i in
+             range(clients)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(seconds + 60)
+  elapsed = time.monotonic() - started
+  return _summary(latencies, failures[0], errors, elapsed, n_images)
+
+
+async def _load_grpc(address: str, requests_: list, n_images: int,
+                     clients: int, seconds: float, max_requests: int) -> dict:
+  """The same load over gRPC: `clients` concurrent callers on one channel
+  each (grpc.aio), PredictRequests built once beforehand."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+  latencies, failures, errors = [], 0, []
+  sent = 0
+  deadline = time.monotonic() + seconds
+
+  async def client(i):
+    nonlocal failures, sent
+    async with grpc.aio.insecure_channel(address) as channel:
+      stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+      k = i
+      while time.monotonic() < deadline and sent < max_requests:
+        sent += 1
+        req = requests_[k % len(requests_)]
+        k += clients
+        t0 = time.monotonic()
+        try:
+          resp = await stub.Predict(req, timeout=30)
+          probs = np.frombuffer(resp.outputs['probabilities'].tensor_content,
+                                np.float32)
+          if probs.size % n_images or not probs.size:
+            failures += 1
+            errors.append(f'{probs.size} scores for {n_images} images')
+        except grpc.aio.AioRpcError as e:
+          failures += 1
+          errors.append(f'{e.code()}: {e.details()}')
+        latencies.append(time.monotonic() - t0)
+
+  started = time.monotonic()
+  await asyncio.gather(*[client(i) for i in range(clients)])
+  elapsed = time.monotonic() - started
+  return _summary(latencies, failures, errors, elapsed, n_images)
+
+
+def _summary(latencies, failures, errors, elapsed, n_images) -> dict:
   lat = sorted(latencies)
   pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0
   n = len(latencies)
@@ -145,6 +238,21 @@ async def _load(url: str, bodies: list[bytes], n_images: int, clients: int,
           'images_per_s': round((n - failures) * n_images / elapsed, 1),
           'latency_ms_p50': round(pct(0.5), 1),
           'latency_ms_p99': round(pct(0.99), 1), 'errors': errors[:5]}
+
+
+def _local_rate(model_dir: str, x, seconds: float = 5.0,
+                batch: int = 256) -> float:
+  """Images/s of the SavedModel's own predict in this process: the ceiling
+  a server of it can approach."""
+  from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
+  predict = load_predictor(model_dir)
+  xb = x[:batch]
+  predict(xb)
+  n, started = 0, time.perf_counter()
+  while time.perf_counter() - started < seconds:
+    predict(xb)
+    n += len(xb)
+  return n / (time.perf_counter() - started)
 
 
 def main(argv=None):
@@ -163,6 +271,13 @@ def main(argv=None):
   ap.add_argument('--modes', default='batching,nobatching')
   ap.add_argument('--max_requests', type=int, default=1_000_000)
   ap.add_argument('--batch_timeout_ms', type=float, default=5.0)
+  ap.add_argument('--grpc_client', default='sync', choices=['sync', 'aio'],
+                  help='blocking stubs in threads, or grpc.aio')
+  ap.add_argument('--protocols', default='rest,grpc',
+                  help='rest, grpc, or both (each in the same server)')
+  ap.add_argument('--local_seconds', type=float, default=5.0,
+                  help="seconds timing the SavedModel's own predict in this "
+                  'process, for the ratio (0: skip)')
   ap.add_argument('--out', default=os.path.join(REPO, 'bench_runs',
                                                 'serve_load'))
   args = ap.parse_args(argv)
@@ -174,7 +289,7 @@ def main(argv=None):
              'the victim from; run python -m pipelines.steal --workdir='
              'bench_runs first.')
 
-  results = []
+  results, local_rate = [], None
   for mode in args.modes.split(','):
     flags = [f'--model_dir={model_dir}', '--model_name=mnist',
              f'--batch_timeout_ms={args.batch_timeout_ms}',
@@ -187,17 +302,46 @@ def main(argv=None):
       dims = md['metadata']['signature_def']['signature_def'][
           'serving_default']['inputs']['images']['tensor_shape']['dim']
       shape = [int(d['size']) for d in dims[1:]]
-      for n_images in [int(v) for v in args.images.split(',')]:
+      for protocol, n_images in [(p, int(v))
+                                 for p in args.protocols.split(',')
+                                 for v in args.images.split(',')]:
         x = _images(args.dataset, 64 * n_images, shape)
-        bodies = [json.dumps({'instances': x[i:i + n_images].tolist()}).encode()
-                  for i in range(0, len(x), n_images)]
-        requests.post(server.url + ':predict', data=bodies[0], timeout=30)
+        if local_rate is None and args.local_seconds > 0:
+          local_rate = round(_local_rate(model_dir, _images(
+              args.dataset, 256, shape), args.local_seconds), 1)
+          print(f'local predict (batches of 256): {local_rate} images/s',
+                flush=True)
+        if protocol == 'rest':
+          bodies = [json.dumps({'instances': x[i:i + n_images].tolist()}
+                               ).encode() for i in range(0, len(x), n_images)]
+          requests.post(server.url + ':predict', data=bodies[0], timeout=30)
+        else:
+          import tensorflow as tf  # pylint: disable=g-import-not-at-top
+          from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+          bodies = []
+          for i in range(0, len(x), n_images):
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = 'mnist'
+            req.inputs['images'].CopyFrom(tf.make_tensor_proto(
+                x[i:i + n_images]))
+            bodies.append(req)
         before = requests.get(server.base + '/monitoring/modelsteal/stats',
                               timeout=30).json()
         cpu0 = _cpu_s(server.proc.pid)
-        res = asyncio.run(_load(server.url + ':predict', bodies, n_images,
-                                args.clients, args.seconds, args.max_requests))
+        own0 = _cpu_s(os.getpid())
+        if protocol == 'rest':
+          res = asyncio.run(_load(server.url + ':predict', bodies, n_images,
+                                  args.clients, args.seconds,
+                                  args.max_requests))
+        elif args.grpc_client == 'sync':
+          res = _load_grpc_sync(server.grpc, bodies, n_images, args.clients,
+                                args.seconds, args.max_requests)
+        else:
+          res = asyncio.run(_load_grpc(server.grpc, bodies, n_images,
+                                       args.clients, args.seconds,
+                                       args.max_requests))
         server_cpu = _cpu_s(server.proc.pid) - cpu0
+        client_cpu = _cpu_s(os.getpid()) - own0
         after = requests.get(server.base + '/monitoring/modelsteal/stats',
                              timeout=30).json()
         calls = sum(b['calls'] for b in after['batches']) - sum(
@@ -208,7 +352,8 @@ def main(argv=None):
         reqs = max(1, m1['requests'] - m0['requests'])
         model_s = sum(b['model_s'] for b in after['batches']) - sum(
             b['model_s'] for b in before['batches'])
-        res.update({'mode': mode, 'clients': args.clients,
+        res.update({'mode': mode, 'protocol': protocol,
+                    'clients': args.clients,
                     'images_per_request': n_images,
                     'mean_batch': round(inst / calls, 1) if calls else None,
                     'model_ms_per_call': round(1000 * model_s / calls, 1)
@@ -216,26 +361,30 @@ def main(argv=None):
                     'decode_ms_per_request': round(
                         1000 * (m1['decode_s'] - m0['decode_s']) / reqs, 2),
                     'server_cpu_share': round(server_cpu / res['seconds'], 2),
-                    'body_bytes': len(bodies[0])})
+                    'client_cpu_share': round(client_cpu / res['seconds'], 2),
+                    'body_bytes': len(bodies[0]) if protocol == 'rest'
+                                  else bodies[0].ByteSize(),
+                    'local_images_per_s': local_rate})
         results.append(res)
         print(json.dumps(res), flush=True)
     finally:
       server.close()
 
-  print('\n| mode | clients | images/request | requests | failed | req/s | '
+  print('\n| mode | protocol | clients | images/request | requests | failed | req/s | '
         'images/s | p50 ms | p99 ms | mean batch | model ms/call | '
-        'decode ms/request | server CPU share |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+        'decode ms/request | server CPU share | client CPU share |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for r in results:
-    print(f'| {r["mode"]} | {r["clients"]} | {r["images_per_request"]} | '
+    print(f'| {r["mode"]} | {r["protocol"]} | {r["clients"]} | {r["images_per_request"]} | '
           f'{r["requests"]} | {r["failed"]} | {r["requests_per_s"]} | '
           f'{r["images_per_s"]} | {r["latency_ms_p50"]} | '
           f'{r["latency_ms_p99"]} | {r["mean_batch"] or "-"} | '
           f'{r["model_ms_per_call"] or "-"} | {r["decode_ms_per_request"]} | '
-          f'{r["server_cpu_share"]} |')
+          f'{r["server_cpu_share"]} | {r["client_cpu_share"]} |')
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out + '.json.tmp', 'w') as f:
     json.dump({'model_dir': model_dir, 'seconds': args.seconds,
+               'local_images_per_s': local_rate,
                'results': results}, f, indent=1)
   os.replace(args.out + '.json.tmp', args.out + '.json')
   print(f'\nresults: {args.out}.json')

@@ -156,8 +156,10 @@ def _serve(state, args, monkeypatch, capsys):
   for a in args:
     if a.startswith('--model_name='):
       name = a.split('=', 1)[1]
-  state.servers.append((started['server'], name))
   assert f'/v1/models/{name}' in out
+  grpc = re.search(r'\[serve\] grpc: (\S+)', out)
+  started['server'].grpc_address = grpc.group(1) if grpc else None
+  state.servers.append((started['server'], name))
   return started['server'], name
 
 
@@ -185,6 +187,12 @@ def _fill(cmd: str, state, monkeypatch, capsys) -> str:
     server, name = _server(state, monkeypatch, capsys)
     cmd = re.sub(r'(HOST|127\.0\.0\.1):8501', f'127.0.0.1:{server.port}', cmd)
     cmd = cmd.replace('/models/NAME', f'/models/{name}')
+  if ':8500' in cmd:
+    server, name = _server(state, monkeypatch, capsys)
+    assert server.grpc_address, 'the README server serves no gRPC'
+    cmd = re.sub(r'(HOST|127\.0\.0\.1):8500', server.grpc_address, cmd)
+    cmd = cmd.replace(':8500/NAME', f':8500/{name}').replace(
+        f'{server.grpc_address}/NAME', f'{server.grpc_address}/{name}')
   return cmd
 
 

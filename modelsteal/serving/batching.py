@@ -1,9 +1,10 @@
 """Request batching: many concurrent requests, one model call.
 
 Like TF Serving's `--enable_batching` (`max_batch_size`,
-`batch_timeout_micros`): the first request to arrive opens a batch; requests
-that arrive within `timeout_s` join it until it holds `max_batch_size`
-instances; the batch runs as one call in the worker thread, and each request
+`batch_timeout_micros`): the first request to arrive opens a batch and takes
+every request already queued; it waits (at most `timeout_s`) only while it
+holds fewer requests than the batch before it did, so under load batches
+fill and an idle server answers at once; up to `max_batch_size` instances; the batch runs as one call in the worker thread, and each request
 gets its own rows back. A request larger than `max_batch_size` runs alone.
 If a merged batch fails, its requests are retried one by one so a single bad
 request cannot fail the others.
@@ -62,6 +63,7 @@ class Batcher:
     self._queue: asyncio.Queue[_Item] | None = None
     self._task: asyncio.Task | None = None
     self._carry: _Item | None = None
+    self._expected = 1  # requests in the last batch
     self.stats = BatchStats()
 
   async def submit(self, inputs: Inputs) -> Inputs:
@@ -93,7 +95,10 @@ class Batcher:
         nxt = self._queue.get_nowait()
       except asyncio.QueueEmpty:
         remaining = deadline - loop.time()
-        if remaining <= 0:
+        # Wait only for the requests the last batch suggests are coming:
+        # clients answered together ask again together. An idle server (a
+        # last batch of one) answers at once.
+        if remaining <= 0 or len(items) >= self._expected:
           break
         try:
           nxt = await asyncio.wait_for(self._queue.get(), remaining)
@@ -104,6 +109,7 @@ class Batcher:
         break
       items.append(nxt)
       size += nxt.size
+    self._expected = len(items)
     return items
 
   async def _run(self, items: list[_Item]) -> list[Inputs | BaseException]:
