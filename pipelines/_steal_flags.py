@@ -14,12 +14,17 @@ _VICTIM_PATH = flags.DEFINE_string(
 _VICTIM_URL = flags.DEFINE_string(
     'victim_url', None, 'A TF-Serving-style REST endpoint to steal, '
     'http://HOST:PORT/v1/models/NAME[/versions/N] (needs --dataset).')
+_DATAFREE = flags.DEFINE_list(
+    'datafree', [], 'With --query_data=datafree: the loop\'s settings as '
+    'FIELD=VALUE, e.g. directions=10,loss=kl,generator=maze (MAZE\'s '
+    'choices); fields: modelsteal.attacks.datafree.DataFreeConfig.')
 _VICTIM_GRPC = flags.DEFINE_string(
     'victim_grpc', None, "TF Serving's gRPC PredictionService to steal, "
     'HOST:PORT/NAME[/versions/N], e.g. 127.0.0.1:8500/mnist (needs --dataset).')
 _QUERY_DATA = flags.DEFINE_string(
     'query_data', None, "Attacker's query dataset; default: the attacker's "
-    'half of --dataset.')
+    'half of --dataset. datafree: no data, a generator learns what to ask '
+    '(DFME; --datafree sets it).')
 _OUTPUT = flags.DEFINE_string(
     'output', 'label', 'What the victim answers: probs, label, topk:K, '
     'rounded:D (and the defences cutoff:T, noise:S, reverse_sigmoid:B,G).')
@@ -118,5 +123,6 @@ def steal_config():
       round_epochs=_ROUND_EPOCHS.value,
       student_recipe=parse_recipe_overrides(_STUDENT_RECIPE.value),
       warm_start=_WARM_START.value, round_candidates=_ROUND_CANDIDATES.value,
+      datafree=tuple(_DATAFREE.value),
       distribute=common.DISTRIBUTE.value, workdir=common.WORKDIR.value,
       seed=common.SEED.value, smoke=common.SMOKE.value)

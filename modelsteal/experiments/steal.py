@@ -54,6 +54,9 @@ def run(cfg: StealConfig):
   `report(result)` prints what `python -m pipelines.steal` prints; the
   result is `run_result(cfg)`.
   """
+  if cfg.query_data == 'datafree':
+    from modelsteal.experiments import datafree  # pylint: disable=g-import-not-at-top
+    return datafree.run(cfg)
   if cfg.rounds > 1:
     from modelsteal.experiments import rounds  # pylint: disable=g-import-not-at-top
     return rounds.run(cfg)

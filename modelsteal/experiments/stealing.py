@@ -48,6 +48,9 @@ class StealConfig:
   warm_start: bool = False
   round_candidates: int = 0
   students: tuple[str, ...] = ()
+  # query_data='datafree': FIELD=VALUE settings of the loop
+  # (modelsteal.attacks.datafree.DataFreeConfig)
+  datafree: tuple[str, ...] = ()
   distribute: str = 'default'
   workdir: str = './runs'
   seed: int = 0
@@ -103,6 +106,16 @@ def _validate(cfg: StealConfig) -> None:
     if b < 1:
       raise ConfigError('budgets', f': the query budget must be at least 1, '
                         f'got {b}.')
+  if cfg.datafree and cfg.query_data != 'datafree':
+    raise ConfigError('datafree', 'sets the data-free loop; add '
+                      '{query_data}=datafree.')
+  if cfg.query_data == 'datafree':
+    from modelsteal.experiments import datafree  # pylint: disable=g-import-not-at-top
+    if cfg.rounds > 1 or cfg.query_strategy != 'random':
+      raise ConfigError('query_data', '=datafree makes its own queries; '
+                        'leave {rounds}, {round_schedule} and '
+                        '{query_strategy} out.')
+    datafree.config(cfg)  # its own fields' errors, now
   given = [f for f in ('victim_path', 'victim_url', 'victim_grpc')
            if getattr(cfg, f)]
   if len(given) > 1:
