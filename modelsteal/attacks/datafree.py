@@ -57,6 +57,9 @@ class DataFreeConfig:
     generator: 'dfme' (upsampling convolutions, batch norm) or 'maze'
       (transposed convolutions).
     latent_dim: size of z.
+    width: channels of the generator's first convolution (the second has
+      half). DFME's is 128, which costs about 16 times the FLOPs of 32 and
+      dominated the loop on a CPU (BUILD_NOTES.md, "Data-free stealing").
     lr_student: SGD (momentum 0.9, weight decay 5e-4), cosine decay.
     lr_generator: Adam, cosine decay.
     diversity: weight of the class-entropy term (label-only answers).
@@ -72,6 +75,7 @@ class DataFreeConfig:
   loss: str = 'l1'
   generator: str = 'dfme'
   latent_dim: int = 100
+  width: int = 32
   lr_student: float = 0.1
   lr_generator: float = 1e-4
   diversity: float = 1.0
@@ -87,7 +91,7 @@ class DataFreeConfig:
                         f'{literal(self.generator)}; valid: '
                         f'{", ".join(GENERATORS)}.')
     for f in ('batch_size', 'directions', 'student_steps', 'generator_steps',
-              'latent_dim', 'checkpoint_every', 'probe_size'):
+              'latent_dim', 'width', 'checkpoint_every', 'probe_size'):
       if getattr(self, f) < 1:
         raise ConfigError('datafree', f': {f} must be at least 1, got '
                           f'{getattr(self, f)}.')
@@ -132,7 +136,8 @@ def parse_overrides(items) -> dict:
       raise ConfigError('datafree', f': {key} needs a number, got '
                         f'{literal(repr(value))}.') from None
     ints = ('budget', 'batch_size', 'directions', 'student_steps',
-            'generator_steps', 'latent_dim', 'checkpoint_every', 'probe_size')
+            'generator_steps', 'latent_dim', 'width', 'checkpoint_every',
+            'probe_size')
     if key in ints and num != int(num):
       raise ConfigError('datafree', f': {key} must be an integer, got '
                         f'{literal(repr(value))}.')
@@ -143,7 +148,8 @@ def parse_overrides(items) -> dict:
 # -- models --------------------------------------------------------------------
 
 
-def build_generator(kind: str, latent_dim: int, shape: tuple):
+def build_generator(kind: str, latent_dim: int, shape: tuple,
+                    width: int = 32):
   """z (latent_dim) -> images of `shape` in [0, 1]."""
   import keras  # pylint: disable=g-import-not-at-top
   from keras import layers  # pylint: disable=g-import-not-at-top
@@ -152,17 +158,17 @@ def build_generator(kind: str, latent_dim: int, shape: tuple):
     raise ConfigError('dataset', f': data-free generators make images whose '
                       f'sides divide by 4; {shape} does not.')
   z = keras.Input((latent_dim,))
-  x = layers.Dense((h // 4) * (w // 4) * 128)(z)
-  x = layers.Reshape((h // 4, w // 4, 128))(x)
+  x = layers.Dense((h // 4) * (w // 4) * width)(z)
+  x = layers.Reshape((h // 4, w // 4, width))(x)
   x = layers.BatchNormalization()(x)
   if kind == 'dfme':
-    for filters in (128, 64):
+    for filters in (width, max(1, width // 2)):
       x = layers.UpSampling2D()(x)
       x = layers.Conv2D(filters, 3, padding='same')(x)
       x = layers.BatchNormalization()(x)
       x = layers.LeakyReLU(0.2)(x)
   else:  # maze
-    for filters in (128, 64):
+    for filters in (width, max(1, width // 2)):
       x = layers.Conv2DTranspose(filters, 4, strides=2, padding='same')(x)
       x = layers.BatchNormalization()(x)
       x = layers.ReLU()(x)
@@ -333,7 +339,8 @@ class DataFreeAttack:
     self.log = log
     os.makedirs(state_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    self.generator = build_generator(cfg.generator, cfg.latent_dim, shape)
+    self.generator = build_generator(cfg.generator, cfg.latent_dim, shape,
+                                     cfg.width)
     rounds = max(1, cfg.budget // cfg.round_queries(self.hard))
     self.opt_s = keras.optimizers.SGD(
         keras.optimizers.schedules.CosineDecay(
