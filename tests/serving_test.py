@@ -343,6 +343,38 @@ def test_batcher_merges_concurrent_requests_and_splits_answers():
   assert calls2 == [5, 5] and stats.instances == 10
 
 
+def test_batcher_answers_a_lone_request_at_once_and_waits_under_load():
+  """An idle server does not wait out its window; after a batch of four,
+  the next batch waits (within the window) for the four to come back."""
+  import time  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fn(inputs):
+    calls.append(len(inputs['x']))
+    return {'y': inputs['x']}
+
+  async def go():
+    b = serving.Batcher(fn, concurrent.futures.ThreadPoolExecutor(1),
+                        max_batch_size=100, timeout_s=2.0)
+    t0 = time.perf_counter()
+    await b.submit({'x': np.zeros(1)})
+    lone = time.perf_counter() - t0
+    await asyncio.gather(*[b.submit({'x': np.zeros(1)}) for _ in range(4)])
+
+    async def late(delay):
+      await asyncio.sleep(delay)
+      return await b.submit({'x': np.zeros(1)})
+
+    # the four clients ask again, not quite together
+    await asyncio.gather(*[late(0.02 * i) for i in range(4)])
+    await b.close()
+    return lone
+
+  lone = asyncio.run(go())
+  assert lone < 1.0  # not the 2 s window
+  assert calls == [1, 4, 4]
+
+
 def test_batcher_isolates_a_failing_request():
 
   def fn(inputs):
