@@ -32,6 +32,20 @@ Variants:
     --port=0 --grpc_port=0              any free ports (printed)
     --grpc_port=-1                      REST only
 
+The owner's side (off by default; BUILD_NOTES.md, "Owner's side"):
+
+    --api_keys=keys.json        every request needs a key (Authorization:
+                                Bearer KEY, or x-api-key: KEY); per-client
+                                quota and rate from the file, which
+                                `python -m pipelines.keys` writes
+    --query_log=DIR             one append-only DIR/CLIENT.jsonl per client:
+                                every query, answer and decision
+    --detect=prada,shift --detect_reference=mnist
+                                flag thieves (PRADA; output-distribution
+                                shift against the owner's data)
+    --on_detect=flag | block | label | noise:0.3
+                                what a flagged client gets from then on
+
 Steal it: `python -m pipelines.steal --victim_url=http://127.0.0.1:8501/v1/
 models/NAME --dataset=mnist`, or over gRPC with `--victim_grpc=127.0.0.1:8500/NAME`.
 """
@@ -73,6 +87,25 @@ _BATCH_MAX = flags.DEFINE_integer('batch_max_size', 256,
 _BATCH_TIMEOUT = flags.DEFINE_float(
     'batch_timeout_ms', 5.0, 'How long an open batch waits for more '
     'requests (milliseconds).')
+_API_KEYS = flags.DEFINE_string(
+    'api_keys', None, 'JSON key file (clients, key SHA-256s, quotas, rates; '
+    'python -m pipelines.keys writes it): every request then needs a key.')
+_QUERY_LOG = flags.DEFINE_string(
+    'query_log', None, 'Folder of the append-only per-client query log.')
+_QUERY_LOG_FSYNC = flags.DEFINE_bool(
+    'query_log_fsync', True, 'fsync the query log before each answer (off: '
+    'a killed server still loses nothing, a power cut may).')
+_DETECT = flags.DEFINE_string(
+    'detect', '', 'Detectors of stealing clients, comma-separated: prada, '
+    'prada:DELTA, shift, shift:ALPHA.')
+_DETECT_REFERENCE = flags.DEFINE_string(
+    'detect_reference', None, "The owner's data for --detect=shift: a "
+    'dataset name or .npz (its training images).')
+_DETECT_REFERENCE_SIZE = flags.DEFINE_integer(
+    'detect_reference_size', 2000, 'Reference images drawn for --detect.')
+_ON_DETECT = flags.DEFINE_string(
+    'on_detect', 'flag', 'A flagged client: flag (log only), block (403), or '
+    'an output defence spec answered to it (label, noise:0.3, ...).')
 _VERSIONS = flags.DEFINE_enum('versions', 'all', ['all', 'latest'],
                               'Load every numbered version, or the latest.')
 
@@ -91,6 +124,13 @@ class ServeConfig:
   batch_timeout_ms: float = 5.0
   versions: str = 'all'
   seed: int = 0
+  api_keys: str | None = None
+  query_log: str | None = None
+  query_log_fsync: bool = True
+  detect: str = ''
+  detect_reference: str | None = None
+  detect_reference_size: int = 2000
+  on_detect: str = 'flag'
 
 
 def build_server(cfg: ServeConfig):
@@ -117,7 +157,40 @@ def build_server(cfg: ServeConfig):
   return serving.ModelServer(
       [servable], batching=cfg.batching, max_batch_size=cfg.batch_max_size,
       batch_timeout_s=cfg.batch_timeout_ms / 1000.0,
-      max_body_bytes=cfg.max_body_bytes)
+      max_body_bytes=cfg.max_body_bytes, guard=build_guard(cfg, servable))
+
+
+def build_guard(cfg: ServeConfig, servable):
+  """Keys, log and detectors from the config; None when all are off."""
+  from modelsteal.defenses import detection  # pylint: disable=g-import-not-at-top
+  from modelsteal.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from modelsteal.serving import access  # pylint: disable=g-import-not-at-top
+  from modelsteal.serving import guard  # pylint: disable=g-import-not-at-top
+  clients = (tuple(access.load_clients(cfg.api_keys)) if cfg.api_keys
+             else None)
+  reference = None
+  names = [p.split(':')[0].strip() for p in cfg.detect.split(',')]
+  if 'shift' in names and cfg.detect_reference:
+    if cfg.detect_reference_size < 10:
+      raise ConfigError('detect_reference_size', 'must be at least 10, got '
+                        f'{cfg.detect_reference_size}.')
+    from modelsteal import data  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    ds = data.load_dataset(cfg.detect_reference)
+    rng = np.random.default_rng(cfg.seed)
+    idx = rng.choice(len(ds.x_train), min(cfg.detect_reference_size,
+                                          len(ds.x_train)), replace=False)
+    reference = detection.reference_from_probs(
+        guard.reference_probs(servable, ds.x_train[np.sort(idx)]))
+  elif cfg.detect_reference and 'shift' not in names:
+    raise ConfigError('detect_reference', 'is used by {detect}=shift only.')
+  detectors = tuple(detection.parse_detectors(cfg.detect, reference))
+  if cfg.on_detect != 'flag' and not detectors:
+    raise ConfigError('on_detect', 'needs {detect}: no detector is on.')
+  g = guard.Guard(guard.GuardConfig(
+      clients=clients, log_dir=cfg.query_log, fsync=cfg.query_log_fsync,
+      detectors=detectors, on_detect=cfg.on_detect), seed=cfg.seed)
+  return g if g.active else None
 
 
 def run(cfg: ServeConfig) -> None:
@@ -144,6 +217,14 @@ def run(cfg: ServeConfig) -> None:
           flush=True)
     print(f'[serve] listening: {base}  (predict: POST {base}:predict; '
           'Ctrl-C stops)', flush=True)
+    if server.guard is not None:
+      g = server.guard.cfg
+      print('[serve] owner: keys '
+            + (f'required ({len(g.clients)} clients, {cfg.api_keys})'
+               if g.clients is not None else 'off')
+            + f'; query log {g.log_dir or "off"}; detect '
+            f'{cfg.detect or "off"} (on detection: {g.on_detect})',
+            flush=True)
     if server.grpc is not None:
       print(f'[serve] grpc: {server.grpc.address}  (PredictionService, '
             f'ModelService; model_spec.name={cfg.model_name!r})', flush=True)
@@ -159,7 +240,12 @@ def config_from_flags() -> ServeConfig:
       defense=_DEFENSE.value,
       max_body_bytes=_MAX_BODY.value, batching=_BATCHING.value,
       batch_max_size=_BATCH_MAX.value, batch_timeout_ms=_BATCH_TIMEOUT.value,
-      versions=_VERSIONS.value, seed=common.SEED.value)
+      versions=_VERSIONS.value, seed=common.SEED.value,
+      api_keys=_API_KEYS.value, query_log=_QUERY_LOG.value,
+      query_log_fsync=_QUERY_LOG_FSYNC.value, detect=_DETECT.value,
+      detect_reference=_DETECT_REFERENCE.value,
+      detect_reference_size=_DETECT_REFERENCE_SIZE.value,
+      on_detect=_ON_DETECT.value)
 
 
 def main(argv):

@@ -13,6 +13,11 @@ input, unknown signature), 404 for an unknown model, version or path, 405
 for a wrong method, 413 for a body over `max_body_bytes`, 500 when the model
 itself fails. Nothing a client sends can stop the server.
 
+With a `guard` (`guard.Guard`: API keys, quotas, the query log, detectors)
+every endpoint needs a key: 401 without a valid one (with
+`WWW-Authenticate: Bearer`), 429 with `Retry-After` over a quota or rate,
+403 for a client blocked on detection.
+
 `ModelServer(...).make_app()` builds the aiohttp app; `serve_forever` runs it
 until SIGINT/SIGTERM; `BackgroundServer` runs it in a thread (tests,
 benchmarks, notebooks).
@@ -32,6 +37,7 @@ from typing import Callable
 from aiohttp import web
 
 from modelsteal.errors import ConfigError
+from modelsteal.serving import access
 from modelsteal.serving.batching import Batcher
 from modelsteal.serving.codec import ServingError
 from modelsteal.serving.codec import all_finite
@@ -40,6 +46,8 @@ from modelsteal.serving.codec import encode_json
 from modelsteal.serving.codec import fast_predict_request
 from modelsteal.serving.codec import format_predictions
 from modelsteal.serving.codec import parse_predict_request
+from modelsteal.serving.registry import RAW
+from modelsteal.serving.registry import ServableLoadError
 from modelsteal.serving.registry import Servable
 
 log = logging.getLogger('modelsteal.serving')
@@ -47,6 +55,10 @@ log = logging.getLogger('modelsteal.serving')
 # Bodies above this are decoded off the event loop, so one huge request does
 # not stall the others' I/O while it parses.
 _OFFLOAD_BYTES = 256 * 1024
+
+# The guard's client state of a request (set by the key check).
+_CLIENT = (web.RequestKey('client', object) if hasattr(web, 'RequestKey')
+           else 'client')
 
 
 @dataclasses.dataclass
@@ -69,11 +81,13 @@ class ModelServer:
     max_body_bytes: larger request bodies get 413.
     num_threads: threads running model calls (1 serialises them; on a small
       CPU that is also the fastest, TF parallelises inside each call).
+    guard: keys, limits, query log and detectors (`guard.Guard`); None: off.
   """
 
   def __init__(self, servables: list[Servable], batching: bool = True,
                max_batch_size: int = 256, batch_timeout_s: float = 0.005,
-               max_body_bytes: int = 32 << 20, num_threads: int = 1):
+               max_body_bytes: int = 32 << 20, num_threads: int = 1,
+               guard=None):
     self.models = {}
     for s in servables:
       if s.name in self.models:
@@ -94,6 +108,17 @@ class ModelServer:
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self._io_executor: concurrent.futures.ThreadPoolExecutor | None = None
     self.grpc = None  # the gRPC endpoint, when make_app starts one
+    self.guard = guard if guard is not None and guard.active else None
+    if self.guard is not None and self.guard.needs_raw:
+      for s in servables:
+        for v in s.versions.values():
+          for sig in v.signatures.values():
+            if not sig.has_probs:
+              raise ServableLoadError(
+                  f'signature {sig.name!r} of {s.name!r} has no '
+                  '"probabilities" output, which detectors and misleading '
+                  'answers need; serve a model exported by modelsteal.export.')
+            sig.keep_raw = True
     if batching:  # validate the batching arguments now, not on a request
       Batcher(lambda x: x, None, max_batch_size, batch_timeout_s)
 
@@ -106,7 +131,10 @@ class ModelServer:
     holds that endpoint and its bound port."""
     # aiohttp enforces the body limit while reading (chunked bodies too);
     # bodies announced larger by Content-Length are refused before reading.
-    app = web.Application(middlewares=[self._errors],
+    middlewares = [self._errors]
+    if self.guard is not None:
+      middlewares.append(self._authenticate)
+    app = web.Application(middlewares=middlewares,
                           client_max_size=self.max_body_bytes)
     self.grpc = None
     if grpc_port is not None:
@@ -132,6 +160,8 @@ class ModelServer:
         self.num_threads, thread_name_prefix='model')
     self._io_executor = concurrent.futures.ThreadPoolExecutor(
         2, thread_name_prefix='decode')
+    if self.guard is not None:
+      await self.guard.start()
     if self.grpc is not None:
       await self.grpc.start()
 
@@ -142,6 +172,8 @@ class ModelServer:
     for b in self._batchers.values():
       await b.close()
     self._batchers.clear()
+    if self.guard is not None:
+      await self.guard.stop()
     for ex in (self._executor, self._io_executor):
       if ex is not None:
         ex.shutdown(wait=False, cancel_futures=True)
@@ -150,6 +182,15 @@ class ModelServer:
   async def _errors(self, request: web.Request, handler):
     try:
       return await handler(request)
+    except access.AccessDenied as e:
+      self._count_error(request)
+      resp = _error(e.status, e.message)
+      if e.status == 401:
+        resp.headers['WWW-Authenticate'] = 'Bearer'
+      retry = access.retry_after_header(e.retry_after_s)
+      if retry is not None:
+        resp.headers['Retry-After'] = retry
+      return resp
     except ServingError as e:
       self._count_error(request)
       return _error(e.status, e.message)
@@ -179,6 +220,12 @@ class ModelServer:
       log.exception('internal error on %s', request.path)
       self._count_error(request)
       return _error(500, f'internal error: {type(e).__name__}: {e}')
+
+  @web.middleware
+  async def _authenticate(self, request: web.Request, handler):
+    request[_CLIENT] = self.guard.authenticate(
+        access.key_from_headers(request.headers.get))
+    return await handler(request)
 
   def _count_error(self, request):
     self.count_error(request.match_info.get('name') if request.match_info
@@ -245,7 +292,8 @@ class ModelServer:
     else:
       inputs, rows, sig = await self._parse_slowly(body, version)
     self.stats[servable.name].decode_s += time.perf_counter() - started
-    out = await self.run_model(servable, version, sig, inputs)
+    out = await self.answer(request.get(_CLIENT), servable, version, sig,
+                            inputs, 'rest')
     return web.Response(body=encode_json(format_predictions(out, rows),
                                          finite=all_finite(out)),
                         content_type='application/json')
@@ -289,6 +337,25 @@ class ModelServer:
     stats.instances += len(next(iter(inputs.values())))
     return out
 
+  async def answer(self, client, servable: Servable, version, sig,
+                   inputs: dict, protocol: str) -> dict:
+    """`run_model` behind the guard (when there is one): the client's
+    limits, the detectors, the query log; `client` is what
+    `authenticate` returned."""
+    if self.guard is None:
+      out = await self.run_model(servable, version, sig, inputs)
+      out.pop(RAW, None)
+      return out
+    where = {'protocol': protocol, 'model': servable.name,
+             'version': version.number, 'signature': sig.name}
+    return await self.guard.answer(
+        client, lambda: self.run_model(servable, version, sig, inputs),
+        where, inputs)
+
+  def authenticate(self, key: str | None):
+    """The guard's client state for `key` (None without a guard)."""
+    return None if self.guard is None else self.guard.authenticate(key)
+
   def servable(self, name: str, version: str | int | None = None):
     """The named model, or a 404 `ServingError` naming what is served."""
     if name not in self.models:
@@ -301,6 +368,7 @@ class ModelServer:
     del request
     return _json({
         'models': {k: dataclasses.asdict(v) for k, v in self.stats.items()},
+        'guard': self.guard.summary() if self.guard is not None else None,
         'batching': self.batching,
         'batches': [{'model': k[0], 'version': k[1], 'signature': k[2],
                      **dataclasses.asdict(b.stats)}

@@ -43,6 +43,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from modelsteal.serving import access
 from modelsteal.serving import tensors
 from modelsteal.serving.codec import check_input
 from modelsteal.serving.codec import dtype_enum
@@ -54,9 +55,23 @@ from modelsteal.serving.registry import PROBS
 log = logging.getLogger('modelsteal.serving')
 
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT,
+          401: grpc.StatusCode.UNAUTHENTICATED,
+          403: grpc.StatusCode.PERMISSION_DENIED,
           404: grpc.StatusCode.NOT_FOUND,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          429: grpc.StatusCode.RESOURCE_EXHAUSTED,
           501: grpc.StatusCode.UNIMPLEMENTED}
+
+
+def _client(server, context):
+  """The guard's client for the call's `authorization: Bearer KEY` or
+  `x-api-key` metadata (None when the server has no guard)."""
+  if server.guard is None:
+    return None
+  meta = {}
+  for k, v in context.invocation_metadata() or ():
+    meta.setdefault(k.lower(), v)
+  return server.authenticate(access.key_from_headers(meta.get))
 
 
 def _rpc(method):
@@ -68,6 +83,9 @@ def _rpc(method):
       return await method(self, request, context)
     except ServingError as e:
       self.server.count_error(request.model_spec.name)
+      retry = access.retry_after_header(getattr(e, 'retry_after_s', None))
+      if retry is not None:
+        context.set_trailing_metadata((('retry-after', retry),))
       await context.abort(_CODES.get(e.status, grpc.StatusCode.INTERNAL),
                           e.message)
     except Exception as e:  # pylint: disable=broad-except
@@ -175,6 +193,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   @_rpc
   async def Predict(self, request, context):
+    client = _client(self.server, context)
     servable, version = _resolve(self.server, request.model_spec)
     sig = version.signature(request.model_spec.signature_name or None)
     inputs = tensors.to_inputs(request.inputs, sig.inputs)
@@ -183,7 +202,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     if unknown:
       raise ServingError(400, f'output_filter names {unknown}; signature '
                          f'{sig.name!r} has outputs {sorted(sig.outputs)}.')
-    out = await self.server.run_model(servable, version, sig, inputs)
+    out = await self.server.answer(client, servable, version, sig, inputs,
+                                   'grpc')
     resp = predict_pb2.PredictResponse()
     _echo_spec(resp.model_spec, servable, version, sig)
     for k in wanted or out:
@@ -192,6 +212,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   @_rpc
   async def GetModelMetadata(self, request, context):
+    _client(self.server, context)
     fields = list(request.metadata_field)
     if fields != ['signature_def']:
       raise ServingError(400, 'metadata_field must be ["signature_def"] (the '
@@ -208,6 +229,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   @_rpc
   async def Classify(self, request, context):
+    client = _client(self.server, context)
     servable, version = _resolve(self.server, request.model_spec)
     sig = version.signature(request.model_spec.signature_name or None)
     if PROBS not in sig.outputs and LABEL not in sig.outputs:
@@ -215,7 +237,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                          f'{sorted(sig.outputs)}: no "{PROBS}" or "{LABEL}" '
                          'to classify with.')
     inputs = _examples(request, sig)
-    out = await self.server.run_model(servable, version, sig, inputs)
+    out = await self.server.answer(client, servable, version, sig, inputs,
+                                   'grpc')
     resp = classification_pb2.ClassificationResponse()
     _echo_spec(resp.model_spec, servable, version, sig)
     if PROBS in out:
@@ -247,6 +270,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
   @_rpc
   async def GetModelStatus(self, request, context):
+    _client(self.server, context)
     spec = request.model_spec
     if spec.WhichOneof('version_choice') == 'version_label':
       _resolve(self.server, spec)  # raises NOT_FOUND

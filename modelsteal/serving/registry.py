@@ -30,6 +30,9 @@ from modelsteal.serving.codec import tensor_info
 
 PROBS = 'probabilities'
 LABEL = 'label'
+# The undefended probabilities, handed to the server's detectors beside the
+# visible outputs when `Signature.keep_raw` is set; never sent to a client.
+RAW = '__raw_probabilities'
 
 
 class ServableLoadError(UserError, ValueError):
@@ -82,6 +85,11 @@ class Signature:
       if LABEL not in self.outputs:
         self.outputs[LABEL] = TensorSpec('label', 'int64', (None,))
     self._lock = threading.Lock()
+    self.keep_raw = False
+
+  @property
+  def has_probs(self) -> bool:
+    return PROBS in self._all_outputs
 
   @property
   def num_classes(self) -> int | None:
@@ -96,12 +104,16 @@ class Signature:
     if not isinstance(out, dict):
       out = {'output_0': out}
     out = {k: v.numpy() for k, v in out.items()}
+    raw = out.get(PROBS) if self.keep_raw else None
     if self.defended:
       with self._lock:
         p = self.mode.apply(np.asarray(out[PROBS], np.float32))
       out[PROBS] = p
       out[LABEL] = p.argmax(axis=1).astype(np.int64)
-    return {k: out[k] for k in self.outputs}
+    visible = {k: out[k] for k in self.outputs}
+    if raw is not None:
+      visible[RAW] = raw
+    return visible
 
   def signature_def(self) -> dict:
     return {'inputs': {k: tensor_info(v.name, v.dtype, v.shape)
