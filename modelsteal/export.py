@@ -162,8 +162,14 @@ def predictor_from_keras(model, source: str = 'keras model') -> Predictor:
                    tuple(model.input_shape[1:]), source)
 
 
-def load_predictor(path: str) -> Predictor:
+def load_predictor(path: str, trusted: bool = False) -> Predictor:
   """Opens a `.keras` file or a SavedModel (dir or numbered versions).
+
+  A `.keras` file opens in Keras' safe mode unless `trusted`: a crafted
+  file (a Lambda layer's pickled code) could otherwise run Python on load.
+  Pass `trusted=True` only for the user's own model or the toolkit's own
+  artifacts. A SavedModel is a program either way (TensorFlow's security
+  guidance); verify an untrusted suspect over its URL instead.
 
   Raises:
     ModelLoadError: the path does not exist or is not a usable model.
@@ -177,8 +183,15 @@ def load_predictor(path: str) -> Predictor:
                            'for a SavedModel pass its directory.')
     import keras  # pylint: disable=g-import-not-at-top
     try:
-      model = keras.models.load_model(path, compile=False, safe_mode=False)
+      model = keras.models.load_model(path, compile=False,
+                                      safe_mode=not trusted)
     except Exception as e:  # pylint: disable=broad-except
+      if not trusted and 'safe_mode' in str(e):
+        raise ModelLoadError(
+            f'{path!r} holds code (a Lambda layer) that Keras\' safe mode '
+            'will not run: an untrusted model could execute anything on '
+            'load. Verify it over its URL, or load it only if it is your '
+            'own.') from None
       raise ModelLoadError(f'{path!r} could not be loaded as a Keras model: '
                            f'{type(e).__name__}: {str(e)[:300]}') from e
     return predictor_from_keras(model, f'Keras model {path}')

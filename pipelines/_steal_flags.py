@@ -10,7 +10,9 @@ from pipelines import common
 _VICTIM = flags.DEFINE_string('victim', 'mnist_cnn', 'Victim zoo name.')
 _VICTIM_PATH = flags.DEFINE_string(
     'victim_path', None, 'A .keras file or SavedModel to steal instead of a '
-    'zoo victim (needs --dataset).')
+    'zoo victim (needs --dataset). Opened as your own model: a .keras file '
+    'loads with Keras safe mode off (its Lambda layers run), and a '
+    'SavedModel is a program; name only a model you trust.')
 _VICTIM_URL = flags.DEFINE_string(
     'victim_url', None, 'A TF-Serving-style REST endpoint to steal, '
     'http://HOST:PORT/v1/models/NAME[/versions/N] (needs --dataset).')

@@ -209,7 +209,7 @@ def evaluate_model(*, splits: InputArtifact[Examples],
   from modelsteal.victims import VictimRef  # pylint: disable=g-import-not-at-top
   model = VictimRef.coerce(model)
   if model.kind == 'local':
-    predictor = load_predictor(model.location)
+    predictor = load_predictor(model.location, trusted=True)
   else:  # a remote model is scored through its own (cached) oracle
     predictor = make_oracle(model, output='probs',
                             cache_dir=_answer_cache_dir()).query_all

@@ -263,7 +263,7 @@ def open_victim(cfg: StealConfig, dataset, splits, wd: str, steps: Steps,
     return _grpc_victim(cfg.victim_grpc, dataset, name)
   if cfg.victim_path:
     ref = victims.victim_ref_from_path(cfg.victim_path)
-    load_predictor(ref.location).check_input(dataset.shape)
+    load_predictor(ref.location, trusted=True).check_input(dataset.shape)
     return Victim(ref, victim_path_name(cfg.victim_path), 'unknown')
   spec = victims.get_victim(cfg.victim)
   recipe = recipe_params(spec.recipe)

@@ -27,7 +27,7 @@ def make_oracle(victim_ref, **kwargs) -> Oracle:
   kind = ref.kind
   if kind == 'local':
     from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
-    return LocalOracle(load_predictor(ref.location),
+    return LocalOracle(load_predictor(ref.location, trusted=True),
                        identity=ref.fingerprint, **kwargs)
   if kind == 'rest':
     from modelsteal.oracle.rest import RestOracle  # pylint: disable=g-import-not-at-top

@@ -92,7 +92,7 @@ def evaluate_uq_model(*, splits: InputArtifact[Examples],
   if os.path.isdir(model.path('uq')):
     sample_probs = load_student(model.path('uq')).sample_probs
   else:  # a plain student: one sample
-    predictor = load_predictor(model.serving_dir)
+    predictor = load_predictor(model.serving_dir, trusted=True)
     sample_probs = lambda x: predictor(x)[None]
   oracle = make_oracle(victim, output='probs', cache_dir=_answer_cache_dir())
   test = splits.load_split('test')
