@@ -8,6 +8,7 @@ import pytest
 from modelsteal.attacks import datafree
 from modelsteal.errors import ConfigError
 from modelsteal.oracle import LocalOracle
+from tests.conftest import steal_error
 from tests.conftest import synthetic_images
 
 
@@ -197,13 +198,7 @@ def test_a_torn_journal_entry_is_asked_again(tmp_path):
 
 
 def _steal_error(capsys, **flags):
-  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
-  from pipelines import steal  # pylint: disable=g-import-not-at-top
-  with pytest.raises(SystemExit) as e:
-    with flagsaver.flagsaver(**flags):
-      steal.main(['steal'])
-  err = capsys.readouterr().err
-  assert e.value.code == 2 and 'Traceback' not in err, err
+  err = steal_error(capsys, **flags)
   assert len([l for l in err.splitlines() if 'error' in l]) == 1, err
   return err
 

@@ -22,39 +22,18 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from modelsteal import serving
-from modelsteal.export import export_saved_model
+from tests.conftest import serve_in_background
+from tests.conftest import softmax
 from tests.conftest import synthetic_images
+from tests.conftest import tiny_model_server
 
 DEADLINE = 30.0  # seconds, per call
 
 
-def _softmax(z):
-  z = np.asarray(z, np.float64)
-  e = np.exp(z - z.max(axis=1, keepdims=True))
-  return e / e.sum(axis=1, keepdims=True)
-
-
-@pytest.fixture(scope='module')
-def model_dir(tiny_model, tmp_path_factory):
-  """Version 1 sees inverted images, version 2 plain ones."""
-  base = str(tmp_path_factory.mktemp('grpc_served') / 'tiny')
-  export_saved_model(tiny_model, base, version=1,
-                     preprocess=lambda x: 1.0 - x)
-  export_saved_model(tiny_model, base, version=2)
-  return base
-
-
 @pytest.fixture(scope='module')
 def server(model_dir):
-  servables = [
-      serving.load_servable(model_dir, 'tiny'),
-      serving.load_servable(model_dir, 'tiny_label', defense='label',
-                            versions='latest'),
-  ]
-  ms = serving.ModelServer(servables, max_body_bytes=64 * 1024,
-                           batch_timeout_s=0.002)
-  with serving.BackgroundServer(ms.make_app(grpc_port=0)) as bg:
-    bg.model_server = ms
+  ms = tiny_model_server(model_dir)
+  with serve_in_background(ms, grpc_port=0) as bg:
     bg.channel = grpc.insecure_channel(f'127.0.0.1:{ms.grpc.port}')
     bg.stub = prediction_service_pb2_grpc.PredictionServiceStub(bg.channel)
     yield bg
@@ -82,7 +61,7 @@ def test_stock_client_gets_the_keras_probabilities(server, tiny_model, n):
   x = _x(n)
   resp = server.stub.Predict(_request(x), DEADLINE)
   probs = tf.make_ndarray(resp.outputs['probabilities'])
-  np.testing.assert_allclose(probs, _softmax(tiny_model(x).numpy()),
+  np.testing.assert_allclose(probs, softmax(tiny_model(x).numpy()),
                              atol=1e-5)
   np.testing.assert_array_equal(tf.make_ndarray(resp.outputs['label']),
                                 probs.argmax(1))
@@ -101,7 +80,7 @@ def test_versions_and_float_val_tensors(server, tiny_model):
   t.float_val.extend(x.reshape(-1).tolist())
   resp = server.stub.Predict(req, DEADLINE)
   np.testing.assert_allclose(tf.make_ndarray(resp.outputs['probabilities']),
-                             _softmax(tiny_model(1.0 - x).numpy()), atol=1e-5)
+                             softmax(tiny_model(1.0 - x).numpy()), atol=1e-5)
   assert resp.model_spec.version.value == 1
 
 
@@ -154,7 +133,7 @@ def test_classify_with_examples(server, tiny_model):
   resp = server.stub.Classify(req, DEADLINE)
   scores = np.array([[c.score for c in cl.classes]
                      for cl in resp.result.classifications])
-  np.testing.assert_allclose(scores, _softmax(tiny_model(x).numpy()),
+  np.testing.assert_allclose(scores, softmax(tiny_model(x).numpy()),
                              atol=1e-5)
   assert [c.label for c in resp.result.classifications[0].classes] == [
       '0', '1', '2', '3']
@@ -215,7 +194,7 @@ def test_rest_and_grpc_share_one_batching_queue(server, tiny_model):
   key = ('tiny', 2, 'serving_default')
   before = stats[key].stats.instances if key in stats else 0
   x = _x(6, seed=11)
-  want = _softmax(tiny_model(x).numpy())
+  want = softmax(tiny_model(x).numpy())
   results, errors = {}, []
 
   def rest(i):
@@ -250,7 +229,7 @@ def test_rest_and_grpc_share_one_batching_queue(server, tiny_model):
 
 def test_eight_clients_for_a_bounded_time_fail_nothing(server, tiny_model):
   x = _x(16, seed=3)
-  want = _softmax(tiny_model(x).numpy())
+  want = softmax(tiny_model(x).numpy())
   deadline = time.monotonic() + 3.0
   counts, failures = [0] * 8, []
 

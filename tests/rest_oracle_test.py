@@ -4,80 +4,45 @@ and cache; retries, clear errors, label-only answers, resume over HTTP.
 Servers (the real one and small fakes) bind 127.0.0.1 on free ports.
 """
 
-import glob
-import os
-import socket
-
 import numpy as np
 import pytest
-from absl.testing import flagsaver
 from aiohttp import web
 
-from modelsteal import attacks
-from modelsteal import data
 from modelsteal import serving
-from modelsteal.export import export_saved_model
-from modelsteal.export import load_predictor
-from modelsteal.oracle import BudgetExceededError
 from modelsteal.oracle import OracleError
-from modelsteal.oracle import make_oracle
 from modelsteal.oracle import rest
-from tests.conftest import synthetic_images
-
-
-@pytest.fixture(scope='module')
-def victim_dir(tiny_model, tmp_path_factory):
-  base = str(tmp_path_factory.mktemp('victim') / 'v')
-  export_saved_model(tiny_model, base, version=1)
-  return base
+from tests.conftest import check_budget_and_cache
+from tests.conftest import check_labeling_resumes
+from tests.conftest import check_one_hot_answers
+from tests.conftest import check_unreachable
+from tests.conftest import fast_retries
+from tests.conftest import free_port
+from tests.conftest import query_under_a_small_limit
+from tests.conftest import serve_in_background
+from tests.conftest import steal_error
+from tests.conftest import tiny_splits
+from tests.conftest import victim_server
 
 
 @pytest.fixture(scope='module')
 def server(victim_dir):
-  ms = serving.ModelServer([
-      serving.load_servable(victim_dir, 'victim'),
-      serving.load_servable(victim_dir, 'victim_label', defense='label'),
-      serving.load_servable(victim_dir, 'victim_resume'),
-  ])
-  with serving.BackgroundServer(ms.make_app()) as bg:
-    bg.model_server = ms
+  with serve_in_background(victim_server(victim_dir)) as bg:
     yield bg
-
-
-def _fast(**kw):
-  return dict(retries=2, backoff_s=0.01, timeout_s=10, **kw)
 
 
 def test_answers_match_the_local_victim_with_budget_and_cache(
     server, victim_dir, tmp_path):
   url = server.url + '/v1/models/victim'
   ref = rest.victim_ref_from_url(url)
-  assert ref['kind'] == 'rest' and ref['num_classes'] == 4
-  assert ref['version'] == '1' and ref['input_shape'] == [12, 12, 1]
   assert rest.victim_ref_from_url(url + '/')['fingerprint'] == ref[
       'fingerprint']
-  x = synthetic_images(10, seed=5)[0]
-  oracle = make_oracle(ref, output='probs', budget=15, cache_dir=str(tmp_path))
-  oracle.batch_size = 4
-  got = oracle.query(x)
-  np.testing.assert_allclose(got, load_predictor(victim_dir)(x), atol=1e-5)
-  assert oracle.paid == 10 and oracle.requests_sent == 3
-  with pytest.raises(BudgetExceededError):
-    oracle.query(synthetic_images(6, seed=6)[0])
-  # a fresh oracle on the same victim pays nothing: the cache answers
-  again = make_oracle(ref, output='probs', cache_dir=str(tmp_path))
-  np.testing.assert_allclose(again.query(x), got)
-  assert again.paid == 0 and again.requests_sent == 0
+  check_budget_and_cache(ref, 'rest', victim_dir, str(tmp_path))
 
 
 def test_label_only_endpoint_gives_one_hot_answers(server, victim_dir):
   ref = rest.victim_ref_from_url(server.url + '/v1/models/victim_label')
   assert ref['num_classes'] == 4  # from the server's metadata
-  x = synthetic_images(7, seed=8)[0]
-  got = make_oracle(ref, output='probs').query(x)
-  want = load_predictor(victim_dir)(x).argmax(1)
-  assert got.shape == (7, 4) and (got.sum(1) == 1).all()
-  np.testing.assert_array_equal(got.argmax(1), want)
+  check_one_hot_answers(ref, victim_dir)
 
 
 def test_fingerprint_names_the_version(server):
@@ -87,15 +52,10 @@ def test_fingerprint_names_the_version(server):
   assert len({a['fingerprint'], b['fingerprint'], c['fingerprint']}) == 3
 
 
-def test_a_small_body_limit_halves_the_batch(victim_dir, tmp_path):
-  ms = serving.ModelServer([serving.load_servable(victim_dir, 'v')],
-                           max_body_bytes=20_000)  # < 20 images of 12x12
-  x = synthetic_images(20, seed=9)[0]
-  with serving.BackgroundServer(ms.make_app()) as bg:
-    ref = rest.victim_ref_from_url(bg.url + '/v1/models/v')
-    oracle = make_oracle(ref, output='probs')
-    got = oracle.query(x)
-  np.testing.assert_allclose(got, load_predictor(victim_dir)(x), atol=1e-5)
+def test_a_small_body_limit_halves_the_batch(victim_dir):
+  oracle, ms = query_under_a_small_limit(
+      victim_dir, 20, lambda bg, ms: rest.victim_ref_from_url(
+          bg.url + '/v1/models/v'))
   # 20 queries in one request were refused; halves (or less) went through
   assert oracle.batch_size <= 10 and ms.stats['v'].instances == 20
 
@@ -108,19 +68,11 @@ def test_malformed_urls_are_refused():
       rest.check_url(url)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_unreachable_endpoint_is_a_clear_error():
-  url = f'http://127.0.0.1:{_free_port()}/v1/models/m'
-  oracle = rest.RestOracle(url, num_classes=4, **_fast())
-  with pytest.raises(OracleError, match='unreachable') as e:
-    oracle.query(np.zeros((2, 12, 12, 1), np.float32))
-  assert 'pipelines.serve' in str(e.value)
-  assert oracle.http.attempts == 3 and oracle.paid == 0
+  url = f'http://127.0.0.1:{free_port()}/v1/models/m'
+  oracle = rest.RestOracle(url, num_classes=4, **fast_retries())
+  check_unreachable(oracle)
+  assert oracle.http.attempts == 3
 
 
 def _fake(handler) -> serving.BackgroundServer:
@@ -159,7 +111,7 @@ def test_retries_with_backoff_on_5xx_and_429():
   bg = _fake(flaky)
   try:
     oracle = rest.RestOracle(bg.url + '/v1/models/m', output='probs',
-                             **_fast())
+                             **fast_retries())
     got = oracle.query(np.zeros((3, 2), np.float32))
   finally:
     bg.stop()
@@ -190,7 +142,7 @@ def test_answers_that_are_not_predictions_are_refused(answer, status, words):
   bg = _fake(handler)
   try:
     oracle = rest.RestOracle(bg.url + '/v1/models/m', cache_dir=None,
-                             **_fast())
+                             **fast_retries())
     with pytest.raises(OracleError, match=words):
       oracle.query(np.zeros((2, 2), np.float32))
   finally:
@@ -200,64 +152,29 @@ def test_answers_that_are_not_predictions_are_refused(answer, status, words):
 
 def test_interrupted_labeling_over_http_resumes_without_asking_twice(
     server, tiny_npz, tmp_path, monkeypatch):
-  wd = str(tmp_path)
-  splits = data.split_data.run(
-      wd, examples=data.import_dataset(data.load_dataset(tiny_npz), wd))[
-          'splits']
   ref = rest.victim_ref_from_url(server.url + '/v1/models/victim_resume')
-  stats = server.model_server.stats['victim_resume']
-  real = rest.RestOracle._ask
-  calls = []
-
-  def interrupted(self, x):
-    if len(calls) == 2:
-      raise KeyboardInterrupt
-    calls.append(len(x))
-    return real(self, x)
-
-  monkeypatch.setattr(rest.RestOracle, '_ask', interrupted)
-  kwargs = dict(splits=splits, victim=ref, budget=150, batch_size=32)
-  with pytest.raises(KeyboardInterrupt):
-    attacks.label_queries.run(wd, **kwargs)
-  assert stats.instances == 64
-  assert not glob.glob(os.path.join(wd, 'label_queries', '*',
-                                    'execution.json'))
-  monkeypatch.setattr(rest.RestOracle, '_ask', real)
-  res = attacks.label_queries.run(wd, **kwargs)
-  props = res['labeled'].properties
-  assert props['queries_asked'] == 150 and props['queries_paid'] == 150 - 64
-  assert stats.instances == 150  # the server saw each query exactly once
-  # a finished run is reused: nothing more is sent
-  attacks.label_queries.run(wd, **kwargs)
-  assert stats.instances == 150
-
-
-def _steal(capsys, **flags):
-  from pipelines import steal
-  with pytest.raises(SystemExit) as e:
-    with flagsaver.flagsaver(**flags):
-      steal.main(['steal'])
-  err = capsys.readouterr().err
-  assert e.value.code == 2 and 'Traceback' not in err, err
-  return err
+  wd = str(tmp_path)
+  check_labeling_resumes(rest.RestOracle, tiny_splits(tiny_npz, wd), ref, wd,
+                         monkeypatch,
+                         stats=server.model_server.stats['victim_resume'])
 
 
 def test_steal_pipeline_victim_url_errors(server, tiny_npz, tmp_path, capsys):
   common = dict(workdir=str(tmp_path), smoke=True)
   url = server.url + '/v1/models/victim'
-  assert 'needs --dataset' in _steal(capsys, victim_url=url, **common)
-  assert 'not a TF Serving model URL' in _steal(
+  assert 'needs --dataset' in steal_error(capsys, victim_url=url, **common)
+  assert 'not a TF Serving model URL' in steal_error(
       capsys, victim_url='http://127.0.0.1/models/x', dataset=tiny_npz,
       **common)
-  assert 'unreachable' in _steal(
-      capsys, victim_url=f'http://127.0.0.1:{_free_port()}/v1/models/m',
+  assert 'unreachable' in steal_error(
+      capsys, victim_url=f'http://127.0.0.1:{free_port()}/v1/models/m',
       dataset=tiny_npz, **common)
-  assert 'Servable not found' in _steal(
+  assert 'Servable not found' in steal_error(
       capsys, victim_url=server.url + '/v1/models/nope', dataset=tiny_npz,
       **common)
-  assert 'pick the dataset' in _steal(
+  assert 'pick the dataset' in steal_error(
       capsys, victim_url=url, dataset='offline_mnist', **common)
-  assert 'not several' in _steal(capsys, victim_url=url, victim_path=str(
+  assert 'not several' in steal_error(capsys, victim_url=url, victim_path=str(
       tmp_path), dataset=tiny_npz, **common)
 
 

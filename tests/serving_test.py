@@ -22,43 +22,22 @@ import requests
 from absl.testing import flagsaver
 
 from modelsteal import serving
-from modelsteal.export import export_saved_model
 from modelsteal.export import load_predictor
+from tests.conftest import serve_in_background
+from tests.conftest import softmax
+from tests.conftest import steal_smoke
 from tests.conftest import synthetic_images
+from tests.conftest import tiny_model_server
 
 TIMEOUT = 30  # seconds, per HTTP call
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _softmax(z):
-  z = np.asarray(z, np.float64)
-  e = np.exp(z - z.max(axis=1, keepdims=True))
-  return e / e.sum(axis=1, keepdims=True)
-
-
-@pytest.fixture(scope='module')
-def model_dir(tiny_model, tmp_path_factory):
-  """Two versions of the tiny model: 1 sees inverted images, 2 plain ones."""
-  base = str(tmp_path_factory.mktemp('served') / 'tiny')
-  export_saved_model(tiny_model, base, version=1,
-                     preprocess=lambda x: 1.0 - x)
-  export_saved_model(tiny_model, base, version=2)
-  return base
-
-
 @pytest.fixture(scope='module')
 def server(model_dir):
-  servables = [
-      serving.load_servable(model_dir, 'tiny'),
-      serving.load_servable(model_dir, 'tiny_label', defense='label',
-                            versions='latest'),
-      serving.load_servable(model_dir, 'tiny_rounded', defense='rounded:1',
-                            versions='latest'),
-  ]
-  ms = serving.ModelServer(servables, max_body_bytes=64 * 1024,
-                           batch_timeout_s=0.002)
-  with serving.BackgroundServer(ms.make_app()) as bg:
-    bg.model_server = ms
+  ms = tiny_model_server(model_dir, serving.load_servable(
+      model_dir, 'tiny_rounded', defense='rounded:1', versions='latest'))
+  with serve_in_background(ms) as bg:
     yield bg
 
 
@@ -67,7 +46,7 @@ def _x(n=5, seed=7):
 
 
 def _local(tiny_model, x):
-  return _softmax(tiny_model(x, training=False).numpy())
+  return softmax(tiny_model(x, training=False).numpy())
 
 
 def _post(server, path, **kwargs):
@@ -515,19 +494,10 @@ def test_steal_over_http_then_serve_the_student(server, tiny_npz, tmp_path):
   """The acceptance test, on loopback: steal a served victim with
   --victim_url (smoke), serve the exported student with the command line,
   query it with plain TF Serving REST calls, compare with the local model."""
-  from pipelines import steal
-  wd = str(tmp_path / 'w')
-  url = server.url + '/v1/models/tiny'
-  before = server.model_server.stats['tiny'].instances
-  with flagsaver.flagsaver(victim_url=url, dataset=tiny_npz, workdir=wd,
-                           smoke=True, budget=60, students=['mnist_mlp']):
-    steal.main(['steal'])
-  df = pd.read_csv(glob.glob(os.path.join(wd, 'steal', '*', 'results.csv'))[0])
-  assert df['role'].tolist() == ['victim', 'student']
-  assert df['saved_model'].iloc[0] == url
-  assert df['victim_accuracy'].iloc[0] > 0.9  # the tiny model is good
-  assert df['queries_paid'].iloc[1] == 60
-  assert server.model_server.stats['tiny'].instances > before
+  df, sent = steal_smoke(server.model_server.stats['tiny'], tiny_npz,
+                         str(tmp_path / 'w'),
+                         victim_url=server.url + '/v1/models/tiny')
+  assert sent > 0
 
   student = df['saved_model'].iloc[1]  # .../model/serving/1
   cli = _CliServer(f'--model_dir={os.path.dirname(student)}',

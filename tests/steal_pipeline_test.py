@@ -12,11 +12,13 @@ import pytest
 import tensorflow as tf
 from absl.testing import flagsaver
 
-from modelsteal import attacks, data, victims
+from modelsteal import attacks, victims
 from modelsteal.oracle import LocalOracle
 from modelsteal.experiments import steal as steal_lib
 from pipelines import steal
+from tests.conftest import check_labeling_resumes
 from tests.conftest import synthetic_images
+from tests.conftest import tiny_splits
 
 
 def _main(**flags):
@@ -167,33 +169,13 @@ def test_victim_path_name():
 def test_interrupted_labeling_resumes_without_paying_twice(
     tiny_npz, tmp_path, monkeypatch):
   wd = str(tmp_path)
-  ds = data.load_dataset(tiny_npz)
-  splits = data.split_data.run(wd, examples=data.import_dataset(ds, wd))[
-      'splits']
+  splits = tiny_splits(tiny_npz, wd)
   victim = attacks.train_model.run(
       wd, examples=splits, arch='mnist_mlp', split='victim',
       recipe={'epochs': 1})['model']
-  ref = victims.victim_ref_from_model(victim)
-  asked = []
-  real_ask = LocalOracle._ask
-
-  def flaky(self, x):
-    if len(asked) == 2:
-      raise KeyboardInterrupt
-    asked.append(len(x))
-    return real_ask(self, x)
-
-  monkeypatch.setattr(LocalOracle, '_ask', flaky)
-  kwargs = dict(splits=splits, victim=ref, budget=150, batch_size=32)
-  with pytest.raises(KeyboardInterrupt):
-    attacks.label_queries.run(wd, **kwargs)
-  assert not glob.glob(os.path.join(wd, 'label_queries', '*',
-                                    'execution.json'))
-  assert not glob.glob(os.path.join(wd, 'label_queries', '.tmp*'))
-  monkeypatch.setattr(LocalOracle, '_ask', real_ask)
-  res = attacks.label_queries.run(wd, **kwargs)
-  assert res['labeled'].properties['queries_asked'] == 150
-  assert res['labeled'].properties['queries_paid'] == 150 - 64
+  check_labeling_resumes(LocalOracle, splits,
+                         victims.victim_ref_from_model(victim), wd,
+                         monkeypatch)
 
 
 @pytest.mark.slow

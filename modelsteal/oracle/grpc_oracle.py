@@ -29,8 +29,11 @@ import numpy as np
 
 from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
-from modelsteal.oracle.base import Oracle
 from modelsteal.oracle.base import OracleError
+from modelsteal.oracle.remote import answer_scores
+from modelsteal.oracle.remote import class_count
+from modelsteal.oracle.remote import RemoteOracle
+from modelsteal.oracle.remote import RequestTooLargeError
 from modelsteal.oracle.rest import describe_endpoint
 from modelsteal.retry import call_with_retries
 from modelsteal.retry import RetriesExhausted
@@ -42,7 +45,7 @@ _ADDRESS = re.compile(r'^(?P<target>[^/\s]+:\d+)/(?P<name>[^/\s]+)'
 _MAX_MESSAGE = 256 << 20
 
 
-class _TooLarge(OracleError):
+class _TooLarge(RequestTooLargeError):
   """The server refused a request as over its message size limit."""
 
 
@@ -156,21 +159,17 @@ def victim_ref_from_address(address: str, num_classes: int | None = None,
   finally:
     ch.close()
   desc = describe_endpoint(md, signature_name)
-  k = desc['num_classes']
-  if num_classes is not None and k is not None and k != num_classes:
-    raise ConfigError('dataset', f': {literal(address)} answers {k} classes, '
-                      f'the dataset has {num_classes}; pick the dataset the '
-                      'victim classifies.')
+  k = class_count(address, desc['num_classes'], num_classes)
   canon = json.dumps(md, sort_keys=True, separators=(',', ':'))
   fp = hashlib.sha256(f'grpc|{address}|{canon}'.encode()).hexdigest()
   return {'kind': 'grpc', 'address': address.strip().rstrip('/'),
           'fingerprint': fp, 'version': desc['version'],
-          'num_classes': k or num_classes,
+          'num_classes': k,
           'signature_name': desc['signature_name'],
           'input_shape': desc['input_shape']}
 
 
-class GrpcOracle(Oracle):
+class GrpcOracle(RemoteOracle):
   """An oracle over gRPC; see the module docstring.
 
   Args:
@@ -191,22 +190,12 @@ class GrpcOracle(Oracle):
                backoff_s: float = 0.5, **kwargs):
     parse_address(address)  # a bad address fails here, not on first use
     self.address = address.strip().rstrip('/')
-    self._identity = identity or self.address
-    if batch_size < 1:
-      raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-    self.batch_size = batch_size
-    self.num_classes = num_classes
-    self.signature_name = signature_name
     self._settings = dict(timeout_s=timeout_s, retries=retries,
                           backoff_s=backoff_s)
     self._ch: _Channel | None = None
-    self.requests_sent = 0
     self._desc = None
-    super().__init__(**kwargs)
-
-  @property
-  def identity(self) -> str:
-    return self._identity
+    super().__init__(self.address, identity, num_classes, signature_name,
+                     batch_size, **kwargs)
 
   @property
   def rpc(self) -> _Channel:
@@ -223,22 +212,10 @@ class GrpcOracle(Oracle):
         self.num_classes = self._desc['num_classes']
     return self._desc
 
-  def _ask(self, x: np.ndarray) -> np.ndarray:
-    desc = self._describe()
-    shape = desc['input_shape']
-    if shape is not None and (len(shape) != x.ndim - 1 or any(
-        d not in (-1, g) for d, g in zip(shape, x.shape[1:]))):
-      raise OracleError(f'{self.address} takes images of shape {tuple(shape)}'
-                        f', the queries have shape {x.shape[1:]}; pick the '
-                        'dataset the victim classifies.')
-    out, i = [], 0
-    while i < len(x):
-      chunk = x[i:i + self.batch_size]
-      out.append(self._predict(chunk))
-      i += len(chunk)
-    return np.concatenate(out)
+  def _input_shape(self) -> list[int] | None:
+    return self._describe()['input_shape']
 
-  def _predict(self, chunk: np.ndarray) -> np.ndarray:
+  def _request(self, chunk: np.ndarray):
     from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
     from modelsteal.serving.tensors import fill_tensor  # pylint: disable=g-import-not-at-top
     req = predict_pb2.PredictRequest()
@@ -246,45 +223,19 @@ class GrpcOracle(Oracle):
     req.model_spec.signature_name = self.signature_name
     fill_tensor(req.inputs[self._desc['input_name']],
                 np.ascontiguousarray(chunk, np.float32))
-    try:
-      resp = self.rpc.call('Predict', req)
-    except _TooLarge as e:
-      if len(chunk) == 1:
-        raise OracleError(f'{e}; even a single query is too large for this '
-                          'endpoint.') from None
-      half = len(chunk) // 2
-      self.batch_size = min(self.batch_size, half)
-      return np.concatenate([self._predict(chunk[:half]),
-                             self._predict(chunk[half:])])
-    self.requests_sent += 1
-    return self._parse(resp, len(chunk))
+    return self.rpc.call('Predict', req)
 
   def _parse(self, resp, n: int) -> np.ndarray:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    def bad(why):
+      return OracleError(f'{self.address} answered something that is not a '
+                         f'prediction ({why}).')
+
     outs = resp.outputs
-    if 'probabilities' in outs:
-      arr = tf.make_ndarray(outs['probabilities']).astype(np.float32)
-      if arr.ndim != 2 or arr.shape[0] != n or not np.isfinite(arr).all():
-        raise OracleError(f'{self.address} answered probabilities of shape '
-                          f'{arr.shape} (or not finite) for {n} queries.')
-      if self.num_classes is not None and arr.shape[1] != self.num_classes:
-        raise OracleError(f'{self.address} answered {arr.shape[1]} scores '
-                          f'per instance, expected {self.num_classes}.')
-      return arr
-    if 'label' not in outs:
+    key = next((k for k in ('probabilities', 'label') if k in outs), None)
+    if key is None:
       raise OracleError(f'{self.address} answered outputs {sorted(outs)}: '
                         'no "probabilities" or "label".')
-    labels = tf.make_ndarray(outs['label']).reshape(-1)
-    k = self.num_classes
-    if k is None:
-      raise OracleError(f'{self.address} answers labels only and its '
-                        'metadata does not say how many classes there are; '
-                        'pass num_classes (the pipeline passes the '
-                        "dataset's).")
-    if len(labels) != n or labels.min() < 0 or labels.max() >= k:
-      raise OracleError(f'{self.address} answered {len(labels)} labels in '
-                        f'[{labels.min()}, {labels.max()}] for {n} queries '
-                        f'of {k} classes.')
-    one_hot = np.zeros((n, k), np.float32)
-    one_hot[np.arange(n), labels.astype(np.int64)] = 1.0
-    return one_hot
+    arr = tf.make_ndarray(outs[key])
+    return answer_scores(arr, n, self.num_classes, self.address, bad,
+                         labels=key == 'label')

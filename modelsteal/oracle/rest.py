@@ -34,8 +34,11 @@ import numpy as np
 
 from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
-from modelsteal.oracle.base import Oracle
 from modelsteal.oracle.base import OracleError
+from modelsteal.oracle.remote import answer_scores
+from modelsteal.oracle.remote import class_count
+from modelsteal.oracle.remote import RemoteOracle
+from modelsteal.oracle.remote import RequestTooLargeError
 from modelsteal.retry import call_with_retries
 from modelsteal.retry import RetriesExhausted
 from modelsteal.retry import RetryPolicy
@@ -45,7 +48,7 @@ _URL = re.compile(r'^https?://[^/\s]+/v1/models/[^/:\s]+(/versions/\d+)?/?$')
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-class BodyTooLargeError(OracleError):
+class BodyTooLargeError(RequestTooLargeError):
   """The endpoint refused a request as too large (HTTP 413)."""
 
 
@@ -220,12 +223,7 @@ def victim_ref_from_url(url: str, num_classes: int | None = None,
   http = _Http(timeout_s=timeout_s, retries=2)
   md = fetch_metadata(url, http)
   desc = describe_endpoint(md, signature_name)
-  k = desc['num_classes']
-  if num_classes is not None and k is not None and k != num_classes:
-    raise ConfigError('dataset', f': {literal(url)} answers {k} classes, the '
-                      f'dataset has {num_classes}; pick the dataset the '
-                      'victim classifies.')
-  k = k or num_classes
+  k = class_count(url, desc['num_classes'], num_classes)
   canon = json.dumps(md, sort_keys=True, separators=(',', ':'))
   fp = hashlib.sha256(f'{url}|{canon}'.encode()).hexdigest()
   return {'kind': 'rest', 'url': url, 'fingerprint': fp,
@@ -234,7 +232,7 @@ def victim_ref_from_url(url: str, num_classes: int | None = None,
           'input_shape': desc['input_shape']}
 
 
-class RestOracle(Oracle):
+class RestOracle(RemoteOracle):
   """An oracle over HTTP; see the module docstring.
 
   Args:
@@ -255,21 +253,11 @@ class RestOracle(Oracle):
                timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
                retries: int = 4, backoff_s: float = 0.5, **kwargs):
     self.url = check_url(url)
-    self._identity = identity or self.url
-    if batch_size < 1:
-      raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-    self.batch_size = batch_size
-    self.num_classes = num_classes
-    self.signature_name = signature_name
     self.http = _Http(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
                       retries=retries, backoff_s=backoff_s)
-    self.requests_sent = 0
     self._described = False
-    super().__init__(**kwargs)
-
-  @property
-  def identity(self) -> str:
-    return self._identity
+    super().__init__(self.url, identity, num_classes, signature_name,
+                     batch_size, **kwargs)
 
   def _describe(self) -> None:
     """Fetches metadata once, lazily: a fully cached run needs no server."""
@@ -283,37 +271,14 @@ class RestOracle(Oracle):
     self.input_shape = desc['input_shape']
     self._described = True
 
-  def _ask(self, x: np.ndarray) -> np.ndarray:
+  def _input_shape(self) -> list[int] | None:
     self._describe()
-    shape = getattr(self, 'input_shape', None)
-    if shape is not None and (len(shape) != x.ndim - 1 or any(
-        d not in (-1, g) for d, g in zip(shape, x.shape[1:]))):
-      raise OracleError(f'{self.url} takes images of shape {tuple(shape)}, '
-                        f'the queries have shape {x.shape[1:]}; pick the '
-                        'dataset the victim classifies.')
-    out, i = [], 0
-    while i < len(x):
-      chunk = x[i:i + self.batch_size]
-      out.append(self._post(chunk))
-      i += len(chunk)
-    return np.concatenate(out)
+    return self.input_shape
 
-  def _post(self, chunk: np.ndarray) -> np.ndarray:
+  def _request(self, chunk: np.ndarray):
     body = _encode({'signature_name': self.signature_name,
                     'instances': np.ascontiguousarray(chunk)})
-    try:
-      answer = self.http.call('POST', self.url + ':predict', body)
-    except BodyTooLargeError as e:
-      if len(chunk) == 1:
-        raise OracleError(f'{e}; even a single query is too large for this '
-                          'endpoint.') from None
-      # The server's body limit is below our batch: halve it, for good.
-      half = len(chunk) // 2
-      self.batch_size = min(self.batch_size, half)
-      return np.concatenate([self._post(chunk[:half]),
-                             self._post(chunk[half:])])
-    self.requests_sent += 1
-    return self._parse(answer, len(chunk))
+    return self.http.call('POST', self.url + ':predict', body)
 
   def _parse(self, answer, n: int) -> np.ndarray:
     """A predict response -> (n, K) float32 scores (one-hot for labels)."""
@@ -339,26 +304,4 @@ class RestOracle(Oracle):
       arr = np.asarray(preds, np.float64)
     except (ValueError, TypeError):
       raise bad('ragged or non-numeric values') from None
-    if not np.isfinite(arr).all():
-      raise bad('NaN or Infinity')
-    if arr.ndim == 2 and arr.shape[1] == 1:
-      arr = arr[:, 0]
-    if arr.ndim == 1:  # labels only
-      if not np.all(arr == np.round(arr)) or arr.min() < 0:
-        raise bad('1-D answers that are not class indices')
-      k = self.num_classes
-      if k is None:
-        raise OracleError(f'{self.url} answers labels only and its metadata '
-                          'does not say how many classes there are; pass '
-                          'num_classes (the pipeline passes the dataset\'s).')
-      if arr.max() >= k:
-        raise bad(f'label {int(arr.max())} out of range for {k} classes')
-      one_hot = np.zeros((n, k), np.float32)
-      one_hot[np.arange(n), arr.astype(np.int64)] = 1.0
-      return one_hot
-    if arr.ndim != 2:
-      raise bad(f'answers of shape {arr.shape}')
-    if self.num_classes is not None and arr.shape[1] != self.num_classes:
-      raise bad(f'{arr.shape[1]} scores per instance, expected '
-                f'{self.num_classes}')
-    return arr.astype(np.float32)
+    return answer_scores(arr, n, self.num_classes, self.url, bad)
