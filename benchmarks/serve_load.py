@@ -13,6 +13,11 @@ MNIST test images back to back for `--seconds`: REST `:predict` in row format
 images/s, latency percentiles, failed requests and the server's mean batch
 size; writes `<out>.json`.
 
+`--modes=batching,owner` adds the owner's side in the same run: `owner` is
+`batching` plus an API key per request (checked), the query log (fsync'ed
+group commits) and the detectors (`--owner_detect`, reference: the
+`--dataset` training images), all clients one key.
+
 Bounded: each phase stops at its deadline or after `--max_requests`; each
 request times out after 30 s; the server is stopped (SIGTERM, then SIGKILL)
 whatever happens. Loopback only. Not a test: figures go to BUILD_NOTES.md
@@ -105,6 +110,19 @@ class _Server:
     self._killer.cancel()
 
 
+# The API key of the `owner` mode (None otherwise): a header on every REST
+# request, metadata on every gRPC call.
+_KEY = [None]
+
+
+def _headers() -> dict:
+  return {'x-api-key': _KEY[0]} if _KEY[0] else {}
+
+
+def _metadata():
+  return (('x-api-key', _KEY[0]),) if _KEY[0] else None
+
+
 async def _load(url: str, bodies: list[bytes], n_images: int, clients: int,
                 seconds: float, max_requests: int) -> dict:
   import aiohttp  # pylint: disable=g-import-not-at-top
@@ -124,7 +142,7 @@ async def _load(url: str, bodies: list[bytes], n_images: int, clients: int,
       t0 = time.monotonic()
       try:
         async with session.post(url, data=body, headers={
-            'Content-Type': 'application/json'}) as resp:
+            'Content-Type': 'application/json', **_headers()}) as resp:
           payload = await resp.read()
           ok = resp.status == 200
           if ok:
@@ -168,7 +186,7 @@ def _load_grpc_sync(address: str, requests_: list, n_images: int,
         k += clients
         t0 = time.monotonic()
         try:
-          resp = stub.Predict(req, timeout=30)
+          resp = stub.Predict(req, timeout=30, metadata=_metadata())
           probs = np.frombuffer(resp.outputs['probabilities'].tensor_content,
                                 np.float32)
           if probs.size % n_images or not probs.size:
@@ -212,7 +230,7 @@ async def _load_grpc(address: str, requests_: list, n_images: int,
         k += clients
         t0 = time.monotonic()
         try:
-          resp = await stub.Predict(req, timeout=30)
+          resp = await stub.Predict(req, timeout=30, metadata=_metadata())
           probs = np.frombuffer(resp.outputs['probabilities'].tensor_content,
                                 np.float32)
           if probs.size % n_images or not probs.size:
@@ -278,6 +296,8 @@ def main(argv=None):
   ap.add_argument('--local_seconds', type=float, default=5.0,
                   help="seconds timing the SavedModel's own predict in this "
                   'process, for the ratio (0: skip)')
+  ap.add_argument('--owner_detect', default='prada,shift',
+                  help='--detect of the owner mode')
   ap.add_argument('--out', default=os.path.join(REPO, 'bench_runs',
                                                 'serve_load'))
   args = ap.parse_args(argv)
@@ -293,12 +313,27 @@ def main(argv=None):
   for mode in args.modes.split(','):
     flags = [f'--model_dir={model_dir}', '--model_name=mnist',
              f'--batch_timeout_ms={args.batch_timeout_ms}',
-             '--batching' if mode == 'batching' else '--nobatching']
+             '--nobatching' if mode == 'nobatching' else '--batching']
+    _KEY[0] = None
+    if mode == 'owner':
+      sys.path.insert(0, REPO)
+      import shutil  # pylint: disable=g-import-not-at-top
+      from pipelines import keys  # pylint: disable=g-import-not-at-top
+      owner_dir = args.out + '_owner'
+      shutil.rmtree(owner_dir, ignore_errors=True)
+      os.makedirs(owner_dir)
+      _KEY[0] = keys.run(os.path.join(owner_dir, 'keys.json'), add='load')
+      flags += [f'--api_keys={owner_dir}/keys.json',
+                f'--query_log={owner_dir}/log']
+      if args.owner_detect:
+        flags += [f'--detect={args.owner_detect}',
+                  f'--detect_reference={args.dataset}']
     server = _Server(flags, limit_s=120 + len(args.images.split(',')) *
                      (args.seconds + 60))
     try:
       import requests  # pylint: disable=g-import-not-at-top
-      md = requests.get(server.url + '/metadata', timeout=30).json()
+      md = requests.get(server.url + '/metadata', timeout=30,
+                        headers=_headers()).json()
       dims = md['metadata']['signature_def']['signature_def'][
           'serving_default']['inputs']['images']['tensor_shape']['dim']
       shape = [int(d['size']) for d in dims[1:]]
@@ -314,7 +349,8 @@ def main(argv=None):
         if protocol == 'rest':
           bodies = [json.dumps({'instances': x[i:i + n_images].tolist()}
                                ).encode() for i in range(0, len(x), n_images)]
-          requests.post(server.url + ':predict', data=bodies[0], timeout=30)
+          requests.post(server.url + ':predict', data=bodies[0], timeout=30,
+                        headers=_headers())
         else:
           import tensorflow as tf  # pylint: disable=g-import-not-at-top
           from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
@@ -326,7 +362,7 @@ def main(argv=None):
                 x[i:i + n_images]))
             bodies.append(req)
         before = requests.get(server.base + '/monitoring/modelsteal/stats',
-                              timeout=30).json()
+                              timeout=30, headers=_headers()).json()
         cpu0 = _cpu_s(server.proc.pid)
         own0 = _cpu_s(os.getpid())
         if protocol == 'rest':
@@ -343,7 +379,7 @@ def main(argv=None):
         server_cpu = _cpu_s(server.proc.pid) - cpu0
         client_cpu = _cpu_s(os.getpid()) - own0
         after = requests.get(server.base + '/monitoring/modelsteal/stats',
-                             timeout=30).json()
+                             timeout=30, headers=_headers()).json()
         calls = sum(b['calls'] for b in after['batches']) - sum(
             b['calls'] for b in before['batches'])
         inst = sum(b['instances'] for b in after['batches']) - sum(

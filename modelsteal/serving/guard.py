@@ -158,29 +158,33 @@ class Guard:
         self.gate.refund(st.client, n)
       raise
     raw = out.pop(RAW, None)
-    loop = asyncio.get_running_loop()
-    new_flags = []
-    if self.cfg.detectors:
-      async with st.lock:
-        new_flags = await loop.run_in_executor(
-            self._executor, self._observe, st, inputs, raw)
+    if not self.cfg.detectors and self.log is None:
+      return out
+    # One trip to the guard's thread per request: the detectors, the
+    # misleading answer, the log line.
+    async with st.lock:
+      line = await asyncio.get_running_loop().run_in_executor(
+          self._executor, self._after_model, st, where, inputs, out, raw, n)
+    if line is not None:
+      await self._append(st, line)
+    return out
+
+  def _after_model(self, st, where, inputs, out, raw, n) -> bytes | None:
+    new_flags = self._observe(st, inputs, raw) if self.cfg.detectors else []
     if st.flagged and self.mislead is not None and raw is not None:
       p = self.mislead.apply(np.asarray(raw, np.float32))
       if PROBS in out:
         out[PROBS] = p
       if LABEL in out:
         out[LABEL] = p.argmax(axis=1).astype(np.int64)
-    if self.log is not None:
-      entry = {'t': self._clock(), 'client': st.client.name, **where,
-               'status': 200, 'n': n, 'flags': new_flags,
-               'inputs': {k: querylog.encode_array(v)
-                          for k, v in inputs.items()},
-               'outputs': {k: querylog.encode_array(np.asarray(v))
-                           for k, v in out.items()}}
-      line = await loop.run_in_executor(self._executor, self.log.encode,
-                                        entry)
-      await self._append(st, line)
-    return out
+    if self.log is None:
+      return None
+    return self.log.encode({
+        't': self._clock(), 'client': st.client.name, **where,
+        'status': 200, 'n': n, 'flags': new_flags,
+        'inputs': {k: querylog.encode_array(v) for k, v in inputs.items()},
+        'outputs': {k: querylog.encode_array(np.asarray(v))
+                    for k, v in out.items()}})
 
   def _observe(self, st: ClientState, inputs: dict, raw) -> list:
     x = next(iter(inputs.values()))
@@ -218,6 +222,8 @@ class Guard:
     return {'denied': self.denied,
             'clients': {n: {'queries': s.queries, 'flagged': s.flagged,
                             'detected_at': s.detected_at,
+                            'evidence': {d.name: d.evidence()
+                                         for d in s.detectors},
                             'used': (self.gate.used(n) if self.gate else None)}
                         for n, s in self.states.items()},
             'log': ({'groups': self.log.groups, 'entries': self.log.entries}
