@@ -298,6 +298,9 @@ def main(argv=None):
                   'process, for the ratio (0: skip)')
   ap.add_argument('--owner_detect', default='prada,shift',
                   help='--detect of the owner mode')
+  ap.add_argument('--owner_flags', default='',
+                  help='more server flags of the owner mode, comma-separated '
+                  '(e.g. --noquery_log_fsync)')
   ap.add_argument('--out', default=os.path.join(REPO, 'bench_runs',
                                                 'serve_load'))
   args = ap.parse_args(argv)
@@ -326,8 +329,10 @@ def main(argv=None):
       flags += [f'--api_keys={owner_dir}/keys.json',
                 f'--query_log={owner_dir}/log']
       if args.owner_detect:
-        flags += [f'--detect={args.owner_detect}',
-                  f'--detect_reference={args.dataset}']
+        flags += [f'--detect={args.owner_detect}']
+        if 'shift' in args.owner_detect:
+          flags += [f'--detect_reference={args.dataset}']
+      flags += [f for f in args.owner_flags.split(',') if f]
     server = _Server(flags, limit_s=120 + len(args.images.split(',')) *
                      (args.seconds + 60))
     try:

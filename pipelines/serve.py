@@ -45,6 +45,10 @@ The owner's side (off by default; BUILD_NOTES.md, "Owner's side"):
                                 shift against the owner's data)
     --on_detect=flag | block | label | noise:0.3
                                 what a flagged client gets from then on
+    --watermark_key=wm.key --watermark_rate=0.005
+                                answer a keyed fraction of queries with a
+                                keyed wrong label; `python -m
+                                pipelines.verify` claims a stolen copy
 
 Steal it: `python -m pipelines.steal --victim_url=http://127.0.0.1:8501/v1/
 models/NAME --dataset=mnist`, or over gRPC with `--victim_grpc=127.0.0.1:8500/NAME`.
@@ -60,6 +64,7 @@ import sys
 from absl import app
 from absl import flags
 
+from pipelines import _owner_flags
 from pipelines import common
 
 _MODEL_DIR = flags.DEFINE_string(
@@ -90,8 +95,6 @@ _BATCH_TIMEOUT = flags.DEFINE_float(
 _API_KEYS = flags.DEFINE_string(
     'api_keys', None, 'JSON key file (clients, key SHA-256s, quotas, rates; '
     'python -m pipelines.keys writes it): every request then needs a key.')
-_QUERY_LOG = flags.DEFINE_string(
-    'query_log', None, 'Folder of the append-only per-client query log.')
 _QUERY_LOG_FSYNC = flags.DEFINE_bool(
     'query_log_fsync', True, 'fsync the query log before each answer (off: '
     'a killed server still loses nothing, a power cut may).')
@@ -131,6 +134,8 @@ class ServeConfig:
   detect_reference: str | None = None
   detect_reference_size: int = 2000
   on_detect: str = 'flag'
+  watermark_key: str | None = None
+  watermark_rate: float = 0.005
 
 
 def build_server(cfg: ServeConfig):
@@ -187,9 +192,18 @@ def build_guard(cfg: ServeConfig, servable):
   detectors = tuple(detection.parse_detectors(cfg.detect, reference))
   if cfg.on_detect != 'flag' and not detectors:
     raise ConfigError('on_detect', 'needs {detect}: no detector is on.')
+  wm = None
+  if cfg.watermark_key:
+    from modelsteal.defenses import watermark  # pylint: disable=g-import-not-at-top
+    if not cfg.query_log:
+      raise ConfigError('watermark_key', 'needs {query_log}: the log holds '
+                        'the queries a stolen copy is verified on.')
+    wm = watermark.Watermark(watermark.load_key(cfg.watermark_key),
+                             cfg.watermark_rate)
   g = guard.Guard(guard.GuardConfig(
       clients=clients, log_dir=cfg.query_log, fsync=cfg.query_log_fsync,
-      detectors=detectors, on_detect=cfg.on_detect), seed=cfg.seed)
+      detectors=detectors, on_detect=cfg.on_detect, watermark=wm),
+      seed=cfg.seed)
   return g if g.active else None
 
 
@@ -223,7 +237,9 @@ def run(cfg: ServeConfig) -> None:
             + (f'required ({len(g.clients)} clients, {cfg.api_keys})'
                if g.clients is not None else 'off')
             + f'; query log {g.log_dir or "off"}; detect '
-            f'{cfg.detect or "off"} (on detection: {g.on_detect})',
+            f'{cfg.detect or "off"} (on detection: {g.on_detect}); '
+            + (f'watermark {cfg.watermark_rate:g} of queries'
+               if g.watermark is not None else 'no watermark'),
             flush=True)
     if server.grpc is not None:
       print(f'[serve] grpc: {server.grpc.address}  (PredictionService, '
@@ -241,11 +257,13 @@ def config_from_flags() -> ServeConfig:
       max_body_bytes=_MAX_BODY.value, batching=_BATCHING.value,
       batch_max_size=_BATCH_MAX.value, batch_timeout_ms=_BATCH_TIMEOUT.value,
       versions=_VERSIONS.value, seed=common.SEED.value,
-      api_keys=_API_KEYS.value, query_log=_QUERY_LOG.value,
+      api_keys=_API_KEYS.value, query_log=_owner_flags.QUERY_LOG.value,
       query_log_fsync=_QUERY_LOG_FSYNC.value, detect=_DETECT.value,
       detect_reference=_DETECT_REFERENCE.value,
       detect_reference_size=_DETECT_REFERENCE_SIZE.value,
-      on_detect=_ON_DETECT.value)
+      on_detect=_ON_DETECT.value,
+      watermark_key=_owner_flags.WATERMARK_KEY.value,
+      watermark_rate=_owner_flags.WATERMARK_RATE.value)
 
 
 def main(argv):

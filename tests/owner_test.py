@@ -450,3 +450,25 @@ def test_query_log_survives_kill_9_mid_load(model_dir, tmp_path):
   assert len(set(logged)) == len(logged)  # nothing twice
   assert acked <= set(logged), sorted(acked - set(logged))[:5]
   assert [e['seq'] for e in entries] == list(range(len(entries)))
+
+
+def test_oracles_send_the_key_from_the_environment(model_dir, tmp_path,
+                                                   monkeypatch):
+  from modelsteal.oracle.base import OracleError  # pylint: disable=g-import-not-at-top
+  from modelsteal.oracle.grpc_oracle import GrpcOracle  # pylint: disable=g-import-not-at-top
+  from modelsteal.oracle.rest import RestOracle  # pylint: disable=g-import-not-at-top
+  ms = _guarded(model_dir, None, clients=_clients())
+  x = synthetic_images(5, seed=6)[0]
+  with serving.BackgroundServer(ms.make_app(grpc_port=0)) as bg:
+    url = bg.url + '/v1/models/tiny'
+    monkeypatch.delenv('MODELSTEAL_API_KEY', raising=False)
+    for make in (lambda: RestOracle(url, output='probs', retries=0),
+                 lambda: GrpcOracle(ms.grpc.address + '/tiny', output='probs',
+                                    retries=0)):
+      with pytest.raises(OracleError) as e:
+        make().query(x)
+      assert 'MODELSTEAL_API_KEY' in str(e.value)
+    monkeypatch.setenv('MODELSTEAL_API_KEY', KEY_A)
+    for oracle in (RestOracle(url, output='probs'),
+                   GrpcOracle(ms.grpc.address + '/tiny', output='probs')):
+      assert oracle.query(x).shape == (5, 4)

@@ -31,9 +31,11 @@ from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
 from modelsteal.oracle.base import OracleError
 from modelsteal.oracle.remote import answer_scores
+from modelsteal.oracle.remote import api_key
 from modelsteal.oracle.remote import class_count
 from modelsteal.oracle.remote import RemoteOracle
 from modelsteal.oracle.remote import RequestTooLargeError
+from modelsteal.oracle.remote import unauthorized_hint
 from modelsteal.oracle.rest import describe_endpoint
 from modelsteal.retry import call_with_retries
 from modelsteal.retry import RetriesExhausted
@@ -96,7 +98,10 @@ class _Channel:
     codes, transient = _codes()
     self.attempts += 1
     try:
-      return getattr(self.stub, method)(request, timeout=self.timeout_s)
+      key = api_key()
+      return getattr(self.stub, method)(
+          request, timeout=self.timeout_s,
+          metadata=(('authorization', f'Bearer {key}'),) if key else None)
     except grpc.RpcError as e:
       code, details = e.code(), (e.details() or '')[:300]
       if code == codes.RESOURCE_EXHAUSTED and 'larger than max' in details:
@@ -105,7 +110,9 @@ class _Channel:
       if code in transient:
         raise Transient(f'{code.name}: {details}') from None
       raise OracleError(f'{self.address} refused the request: {code.name}: '
-                        f'{details}') from None
+                        f'{literal(details)}'
+                        + (unauthorized_hint()
+                           if code == codes.UNAUTHENTICATED else '')) from None
 
   def call(self, method: str, request):
     try:

@@ -12,6 +12,7 @@ refuses it as too large) and `_parse(answer, n)` (usually through
 from __future__ import annotations
 
 import abc
+import os
 from typing import Callable
 
 import numpy as np
@@ -159,3 +160,19 @@ class RemoteOracle(Oracle):
                              self._send(chunk[half:])])
     self.requests_sent += 1
     return self._parse(answer, len(chunk))
+
+
+API_KEY_ENV = 'MODELSTEAL_API_KEY'
+
+
+def api_key() -> str | None:
+  """The key a served victim asks for (`pipelines.serve --api_keys`), from
+  the environment: a flag would put it in process lists and run records."""
+  key = os.environ.get(API_KEY_ENV, '').strip()
+  return key or None
+
+
+def unauthorized_hint() -> str:
+  return (f' The endpoint wants an API key: set {API_KEY_ENV}.'
+          if api_key() is None else
+          f' Check the key in {API_KEY_ENV}.')

@@ -36,9 +36,11 @@ from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
 from modelsteal.oracle.base import OracleError
 from modelsteal.oracle.remote import answer_scores
+from modelsteal.oracle.remote import api_key
 from modelsteal.oracle.remote import class_count
 from modelsteal.oracle.remote import RemoteOracle
 from modelsteal.oracle.remote import RequestTooLargeError
+from modelsteal.oracle.remote import unauthorized_hint
 from modelsteal.retry import call_with_retries
 from modelsteal.retry import RetriesExhausted
 from modelsteal.retry import RetryPolicy
@@ -79,9 +81,12 @@ class _Http:
     requests = self._requests
     self.attempts += 1
     try:
-      resp = self.session.request(
-          method, url, data=body, timeout=self.timeout,
-          headers={'Content-Type': 'application/json'} if body else None)
+      headers = {'Content-Type': 'application/json'} if body else {}
+      key = api_key()
+      if key:
+        headers['Authorization'] = f'Bearer {key}'
+      resp = self.session.request(method, url, data=body,
+                                  timeout=self.timeout, headers=headers)
     except (requests.ConnectionError, requests.Timeout) as e:
       raise Transient(f'{type(e).__name__}: {str(e)[:200]}') from None
     if resp.status_code == 200:
@@ -99,7 +104,9 @@ class _Http:
                               f'(HTTP 413: {message})')
     if resp.status_code not in _RETRY_STATUS:
       raise OracleError(f'{url} refused the request: HTTP '
-                        f'{resp.status_code}: {message}')
+                        f'{resp.status_code}: {literal(message)}'
+                        + (unauthorized_hint() if resp.status_code == 401
+                           else ''))
     raise Transient(f'HTTP {resp.status_code}: {message}',
                     resp.headers.get('Retry-After'))
 

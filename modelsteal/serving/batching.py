@@ -77,12 +77,7 @@ class Batcher:
     return await fut
 
   async def close(self) -> None:
-    if self._task is not None:
-      self._task.cancel()
-      try:
-        await self._task
-      except asyncio.CancelledError:
-        pass
+    await cancel_and_wait(self._task)
 
   async def _gather(self) -> list[_Item]:
     loop = asyncio.get_running_loop()
@@ -164,3 +159,14 @@ class Batcher:
           it.future.set_exception(res)
         else:
           it.future.set_result(res)
+
+
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+  """Cancels a background task and waits until it has stopped."""
+  if task is None:
+    return
+  task.cancel()
+  try:
+    await task
+  except asyncio.CancelledError:
+    pass

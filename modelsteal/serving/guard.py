@@ -40,6 +40,10 @@ from modelsteal.serving.registry import RAW
 
 log = logging.getLogger('modelsteal.serving')
 
+# Requests of at most this many instances have their log line encoded on the
+# event loop when no detector runs.
+_INLINE_INSTANCES = 8
+
 ANONYMOUS = access.Client(name='anonymous', key_sha256='0' * 64)
 
 
@@ -50,6 +54,7 @@ class ClientState:
   flagged: list = dataclasses.field(default_factory=list)
   detected_at: dict = dataclasses.field(default_factory=dict)  # name -> query
   queries: int = 0
+  watermarked: int = 0  # answers given with the watermark's label
   lock: asyncio.Lock | None = None
 
 
@@ -61,12 +66,15 @@ class GuardConfig:
     fsync: fsync each group of log lines before answering.
     detectors: from `detection.parse_detectors`.
     on_detect: flag | block | an output-defence spec.
+    watermark: answers every client's keyed fraction of queries with a
+      keyed wrong label (`defenses.watermark`).
   """
   clients: tuple | None = None
   log_dir: str | None = None
   fsync: bool = True
   detectors: tuple = ()
   on_detect: str = 'flag'
+  watermark: object = None  # a `defenses.watermark.Watermark`, or None
 
 
 class Guard:
@@ -96,11 +104,13 @@ class Guard:
   @property
   def needs_raw(self) -> bool:
     """Whether the model must hand over its undefended probabilities."""
-    return bool(self.cfg.detectors) or self.mislead is not None
+    return (bool(self.cfg.detectors) or self.mislead is not None
+            or self.cfg.watermark is not None)
 
   @property
   def active(self) -> bool:
-    return bool(self.gate or self.log or self.cfg.detectors)
+    return bool(self.gate or self.log or self.cfg.detectors
+                or self.cfg.watermark is not None)
 
   async def start(self) -> None:
     self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -158,13 +168,18 @@ class Guard:
         self.gate.refund(st.client, n)
       raise
     raw = out.pop(RAW, None)
-    if not self.cfg.detectors and self.log is None:
+    if (not self.cfg.detectors and self.log is None
+        and self.cfg.watermark is None):
       return out
     # One trip to the guard's thread per request: the detectors, the
     # misleading answer, the log line.
     async with st.lock:
-      line = await asyncio.get_running_loop().run_in_executor(
-          self._executor, self._after_model, st, where, inputs, out, raw, n)
+      if (self.cfg.detectors or self.cfg.watermark is not None
+          or n > _INLINE_INSTANCES):
+        line = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._after_model, st, where, inputs, out, raw, n)
+      else:  # a small log line costs less than the trip to a thread
+        line = self._after_model(st, where, inputs, out, raw, n)
     if line is not None:
       await self._append(st, line)
     return out
@@ -177,6 +192,11 @@ class Guard:
         out[PROBS] = p
       if LABEL in out:
         out[LABEL] = p.argmax(axis=1).astype(np.int64)
+    marked = 0
+    if self.cfg.watermark is not None and raw is not None:
+      marked = self.cfg.watermark.apply(next(iter(inputs.values())), out,
+                                        np.shape(raw)[1], PROBS, LABEL)
+    st.watermarked += marked
     if self.log is None:
       return None
     return self.log.encode({
@@ -224,6 +244,7 @@ class Guard:
                             'detected_at': s.detected_at,
                             'evidence': {d.name: d.evidence()
                                          for d in s.detectors},
+                            'watermarked': s.watermarked,
                             'used': (self.gate.used(n) if self.gate else None)}
                         for n, s in self.states.items()},
             'log': ({'groups': self.log.groups, 'entries': self.log.entries}

@@ -168,13 +168,9 @@ class QueryLog:
     self._task = asyncio.get_running_loop().create_task(self._run())
 
   async def stop(self) -> None:
-    if self._task is not None:
-      self._task.cancel()
-      try:
-        await self._task
-      except asyncio.CancelledError:
-        pass
-      self._task = None
+    from modelsteal.serving.batching import cancel_and_wait  # pylint: disable=g-import-not-at-top
+    await cancel_and_wait(self._task)
+    self._task = None
     for fd in self._fds.values():
       os.close(fd)
     self._fds.clear()
@@ -206,7 +202,10 @@ class QueryLog:
       if not group:
         continue
       try:
-        await loop.run_in_executor(self._executor, self._write, group)
+        if self.fsync:
+          await loop.run_in_executor(self._executor, self._write, group)
+        else:  # into the page cache: microseconds, not worth a thread
+          self._write(group)
       except Exception as e:  # pylint: disable=broad-except
         for _, _, fut in group:
           if not fut.done():
