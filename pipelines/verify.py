@@ -7,8 +7,9 @@ The server (`pipelines.serve --watermark_key=wm.key --query_log=querylog`)
 answered a keyed fraction of every client's queries with a keyed wrong
 label. For each client in the log (or `--client`), this replays that
 client's watermarked queries to the suspect and counts how often it gives
-the watermark's label; by chance that happens at most once in K-1. It
-prints, per client, the count and the one-sided binomial p-value, and claims
+the watermark's label where it departs from the honest answer; by chance a
+departure lands there once in K-1. It prints, per client, the counts and the
+one-sided binomial p-value, and claims
 the suspect (exit status 0) when a client's p-value is below `--alpha`
 divided by the number of clients tested; otherwise exit status 1.
 
@@ -95,13 +96,15 @@ def run(cfg: VerifyConfig) -> dict:
          int(answered.max()) + 1)
     # Which queries were marked depends on the query alone; their label is
     # what the server answered.
-    marked, _ = wm.marks(x, answered, max(k, 2))
+    marked, honest = wm.honest(x, answered, max(k, 2))
     if not marked.any():
       rows.append({'client': name, 'queries': len(x), 'marked': 0,
-                   'agreements': 0, 'p_value': 1.0})
+                   'departures': 0, 'agreements': 0, 'p_value': 1.0})
       continue
-    verdict = watermark.verify(predict(x[marked]), answered[marked], k)
+    verdict = watermark.verify(predict(x[marked]), answered[marked],
+                               honest[marked], k)
     rows.append({'client': name, 'queries': len(x), 'marked': verdict.marked,
+                 'departures': verdict.departures,
                  'agreements': verdict.agreements,
                  'p_value': verdict.p_value, 'test': verdict.test})
   tested = max(1, len(rows))
@@ -123,9 +126,10 @@ def main(argv):
         watermark_rate=_owner_flags.WATERMARK_RATE.value,
         client=_CLIENT.value, alpha=_ALPHA.value))
     for r in result['rows']:
-      print(f'[verify] client {r["client"]}: {r["agreements"]} of '
-            f'{r["marked"]} watermarked queries (of {r["queries"]}) answered '
-            f'with the watermark label; p = {r["p_value"]:.3g}'
+      print(f'[verify] client {r["client"]}: {r["marked"]} watermarked '
+            f'queries (of {r["queries"]}); the suspect departs from the '
+            f'honest answer on {r["departures"]}, to the watermark label on '
+            f'{r["agreements"]}; p = {r["p_value"]:.3g}'
             + (f' ({r["test"]})' if 'test' in r else ''))
     if result['claimed']:
       print(f'[verify] CLAIMED: {result["suspect"]} carries the watermark of '

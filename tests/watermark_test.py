@@ -51,12 +51,23 @@ def test_apply_swaps_the_top_entry_with_the_watermark_label():
 
 
 def test_the_binomial_test_separates_a_copy_from_chance():
-  labels = np.arange(60) % 10
-  copy = watermark.verify(labels, labels, 10)
-  assert copy.agreements == 60 and copy.p_value < 1e-50
+  honest = np.arange(60) % 10
+  labels = (honest + 1 + np.arange(60) % 9) % 10
+  copy = watermark.verify(labels, labels, honest, 10)
+  assert copy.agreements == copy.departures == 60 and copy.p_value < 1e-50
   rng = np.random.default_rng(3)
-  chance = watermark.verify(rng.integers(0, 10, 60), labels, 10)
-  assert chance.p_value > 1e-3
+  chance = watermark.verify(rng.integers(0, 10, 60), labels, honest, 10)
+  assert 40 < chance.departures and chance.p_value > 1e-3
+  accurate = watermark.verify(honest, labels, honest, 10)
+  assert accurate.departures == 0 and accurate.p_value == 1.0
+  # honest labels recovered from the watermarked answers
+  x = rng.uniform(0, 1, (3000, 4)).astype(np.float32)
+  top = rng.integers(0, 10, len(x))
+  wm = watermark.Watermark(KEY, rate=0.2)
+  marked, wlabels = wm.marks(x, top, 10)
+  again, back = wm.honest(x, np.where(marked, wlabels, top), 10)
+  np.testing.assert_array_equal(again, marked)
+  np.testing.assert_array_equal(back[marked], top[marked])
   with pytest.raises(ConfigError, match='watermark_rate'):
     watermark.Watermark(KEY, rate=0.0)
 
@@ -102,12 +113,12 @@ def test_verify_claims_the_watermarked_server_and_not_the_clean_model(
         watermark_rate=rate))
   assert served['claimed'] and served['clients_claimed'] == ['anonymous']
   (row,) = served['rows']
-  assert row['agreements'] == row['marked'] > 30
+  assert row['agreements'] == row['departures'] == row['marked'] > 30
   # The same model without the watermark: an innocent suspect.
   clean = verify.run(verify.VerifyConfig(
       suspect=model_dir, watermark_key=str(key_file), query_log=log_dir,
       watermark_rate=rate))
-  assert not clean['claimed'] and clean['rows'][0]['agreements'] <= 3
+  assert not clean['claimed'] and clean['rows'][0]['departures'] <= 3
   with pytest.raises(ConfigError, match='client'):
     verify.run(verify.VerifyConfig(
         suspect=model_dir, watermark_key=str(key_file), query_log=log_dir,

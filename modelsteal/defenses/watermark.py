@@ -9,11 +9,17 @@ without the key. A student trained on the answers learns some of those
 wrong labels; a model that never saw them agrees with one only by chance.
 
 The test (`verify`): the owner replays the watermarked queries of a client
-(from the query log) to a suspect and counts how often it gives the
-watermark's label. For a model that does not know the key, the watermark
-label is uniform over the K-1 classes other than the victim's answer, so
-each agreement has probability at most 1/(K-1) whatever the model; the
-p-value is the binomial tail P(X >= agreements), X ~ Bin(n, 1/(K-1)).
+(from the query log) to a suspect. The honest answer of each is known (the
+watermark label minus its keyed shift), so the test looks only where the
+suspect departs from the honest answer and counts how often it departs to
+the watermark's label. For a model that does not know the key, the
+watermark label is uniform over the K-1 classes other than the honest one
+and independent of where the model errs, so each such departure lands on
+it with probability 1/(K-1); the p-value is the binomial tail
+P(X >= agreements), X ~ Bin(departures, 1/(K-1)). (Counting agreements over
+all marked queries with the same 1/(K-1) is also valid but weak: an
+accurate model departs rarely, so agreement by chance is far rarer than
+1/(K-1).)
 """
 
 from __future__ import annotations
@@ -54,22 +60,33 @@ class Watermark:
       raise ConfigError('watermark_rate', f'must be in (0, 1), got '
                         f'{self.rate}.')
 
-  def marks(self, x: np.ndarray, top: np.ndarray, k: int
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """(which rows are watermarked, each row's watermark label) for queries
-    `x` whose honest answers are `top`; the label differs from `top`."""
-    x = np.ascontiguousarray(x, np.float32)
-    flat = x.reshape(len(x), -1)
+  def _shifts(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(which rows are watermarked, each row's keyed label shift in
+    1..k-1)."""
+    flat = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
     marked = np.zeros(len(x), bool)
-    labels = np.asarray(top, np.int64).copy()
+    shifts = np.zeros(len(x), np.int64)
     cut = int(self.rate * 2**64)
     for i, row in enumerate(flat):
       h = hmac.new(self.key, row.tobytes(), hashlib.sha256).digest()
       if int.from_bytes(h[:8], 'little') < cut:
         marked[i] = True
-        shift = 1 + int.from_bytes(h[8:16], 'little') % (k - 1)
-        labels[i] = (labels[i] + shift) % k
-    return marked, labels
+        shifts[i] = 1 + int.from_bytes(h[8:16], 'little') % (k - 1)
+    return marked, shifts
+
+  def marks(self, x: np.ndarray, top: np.ndarray, k: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(which rows are watermarked, each row's watermark label) for queries
+    `x` whose honest answers are `top`; the label differs from `top`."""
+    marked, shifts = self._shifts(x, k)
+    return marked, (np.asarray(top, np.int64) + shifts) % k
+
+  def honest(self, x: np.ndarray, answered: np.ndarray, k: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(which rows are watermarked, the honest label of each) from what
+    the server answered (the watermark label on marked rows)."""
+    marked, shifts = self._shifts(x, k)
+    return marked, (np.asarray(answered, np.int64) - shifts) % k
 
   def apply(self, x: np.ndarray, out: dict, num_classes: int,
             probs_key: str = 'probabilities', label_key: str = 'label') -> int:
@@ -105,26 +122,31 @@ class Watermark:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
   marked: int  # watermarked queries replayed
-  agreements: int  # answered with the watermark's label
+  departures: int  # the suspect's answers other than the honest one
+  agreements: int  # of those, the watermark's label
   num_classes: int
   p_value: float
   test: str
 
   def text(self) -> str:
-    return (f'{self.agreements} of {self.marked} watermarked queries answered '
-            f'with the watermark label (chance at most 1/{self.num_classes - 1}'
-            f' each); {self.test}: p = {self.p_value:.3g}')
+    return (f'{self.agreements} of {self.departures} departures from the '
+            f'honest answer (on {self.marked} watermarked queries) went to '
+            f'the watermark label; {self.test}: p = {self.p_value:.3g}')
 
 
-def verify(predictions: np.ndarray, labels: np.ndarray,
+def verify(predictions: np.ndarray, labels: np.ndarray, honest: np.ndarray,
            num_classes: int) -> Verdict:
   """The binomial test of the module docstring, for a suspect's
-  `predictions` on the marked queries whose watermark labels are `labels`."""
+  `predictions` on the marked queries, their watermark `labels` and their
+  `honest` labels."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
   predictions = np.asarray(predictions).reshape(-1)
   labels = np.asarray(labels).reshape(-1)
-  n = len(labels)
-  agree = int((predictions == labels).sum())
-  p = float(stats.binom.sf(agree - 1, n, 1.0 / (num_classes - 1))) if n else 1.0
-  return Verdict(n, agree, num_classes, p,
-                 f'one-sided binomial test, n={n}, chance 1/{num_classes - 1}')
+  departs = predictions != np.asarray(honest).reshape(-1)
+  n = int(departs.sum())
+  agree = int((predictions[departs] == labels[departs]).sum())
+  chance = 1.0 / (num_classes - 1)
+  p = float(stats.binom.sf(agree - 1, n, chance)) if n else 1.0
+  return Verdict(len(labels), n, agree, num_classes, p,
+                 f'one-sided binomial test over the {n} departures, chance '
+                 f'1/{num_classes - 1}')
