@@ -64,6 +64,10 @@ def main(argv=None):
   ap.add_argument('--student', default=None,
                   help="student architecture (default: the victim's)")
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--query_data', default=None,
+                  help='draw the queries from this dataset (npz or IDX '
+                  'folder of the same shape, e.g. Fashion-MNIST: a knockoff '
+                  "attack) instead of the attacker's half")
   ap.add_argument('--smoke', action='store_true',
                   help='tiny data, 1 epoch: checks the script runs')
   args = ap.parse_args(argv)
@@ -113,7 +117,14 @@ def main(argv=None):
   victim_ref = victims.victim_ref_from_model(vres['model'])
   _log(f'victim {args.victim}', vres)
   test = splits.load_split('test')
-  budget = min(args.budget, splits.properties['sizes']['pool'])
+  queries = splits
+  if args.query_data:
+    qds = data_lib.load_dataset(args.query_data)
+    queries = data_lib.split_data.run(
+        wd, examples=data_lib.import_dataset(qds, wd), seed=args.seed,
+        victim_fraction=0.0, heldout_fraction=0.1,
+        min_size=dataset.num_classes)['splits']
+  budget = min(args.budget, queries.properties['sizes']['pool'])
   clean = make_oracle(victim_ref, output='probs',
                       cache_dir=os.path.join(wd, 'answer_cache'))
   clean_probs = clean.query(test['x'])
@@ -123,7 +134,7 @@ def main(argv=None):
     defended = make_oracle(victim_ref, output=d, seed=args.seed,
                            cache_dir=os.path.join(wd, 'answer_cache'))
     answers = defended.query(test['x'])
-    lab = label_queries.run(wd, splits=splits, victim=victim_ref, output=d,
+    lab = label_queries.run(wd, splits=queries, victim=victim_ref, output=d,
                             budget=budget, strategy='random', seed=args.seed)
     _log(f'label_queries {d}', lab)
     labeled = lab['labeled']
@@ -162,7 +173,8 @@ def main(argv=None):
          for k, v in row.items()}), flush=True)
 
   df = pd.DataFrame(rows)
-  out = os.path.join(wd, 'defense_table' + ('_smoke' if args.smoke else ''))
+  out = os.path.join(wd, 'defense_table' + ('_smoke' if args.smoke else '')
+                     + ('_knockoff' if args.query_data else ''))
   os.makedirs(out, exist_ok=True)
   md = _markdown(df, args, dataset, budget, student_arch,
                  float((clean_probs.argmax(1) == test['y']).mean()))

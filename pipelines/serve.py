@@ -82,7 +82,8 @@ _GRPC_PORT = flags.DEFINE_integer(
 # poisoned data): the specs here are those of pipelines.steal's --output.
 _DEFENSE = flags.DEFINE_string(
     'output_defense', 'none', 'Output defence applied to the probabilities: '
-    'none, label, topk:K, rounded:D, cutoff:T, noise:S, reverse_sigmoid:B,G.')
+    'none, label, topk:K, rounded:D, cutoff:T, noise:S, reverse_sigmoid:B,G, '
+    'misinfo:TAU[,NU] (Adaptive Misinformation).')
 _MAX_BODY = flags.DEFINE_integer('max_body_bytes', 32 << 20,
                                  'Largest request body accepted (bytes).')
 _BATCHING = flags.DEFINE_bool('batching', True, 'Batch concurrent requests '

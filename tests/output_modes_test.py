@@ -37,3 +37,18 @@ def test_parse_output():
   for bad in ('logits', 'topk:0', 'topk:x', 'rounded:-1', 'label:3', ''):
     with pytest.raises(ValueError, match='valid forms'):
       out.parse_output(bad)
+
+
+def test_adaptive_misinformation_keeps_confident_answers_and_inverts_unsure():
+  sure = np.array([[0.97, 0.02, 0.01]], np.float32)
+  unsure = np.array([[0.4, 0.35, 0.25]], np.float32)
+  am = out.parse_output('misinfo:0.8')
+  assert am.soft
+  np.testing.assert_allclose(am.apply(sure), sure, atol=1e-3)
+  misled = am.apply(unsure)
+  np.testing.assert_allclose(misled.sum(1), 1.0, atol=1e-5)
+  assert misled.argmax(1)[0] == 2  # the victim's least likely class
+  assert misled[0, 0] < unsure[0, 0]
+  for bad in ('misinfo', 'misinfo:1.5', 'misinfo:0.5,-1', 'misinfo:0.5,1,2'):
+    with pytest.raises(ValueError, match='valid forms'):
+      out.parse_output(bad)

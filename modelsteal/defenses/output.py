@@ -16,6 +16,11 @@ Spec strings (`parse_output`):
     noise:S              Gaussian noise of std S, clipped and renormalised
     reverse_sigmoid:B,G  reverse sigmoid with beta B, gamma G
                          (Lee et al., arXiv 1806.00054)
+    misinfo:TAU[,NU]     Adaptive Misinformation (Kariyappa & Qureshi,
+                         CVPR 2020): queries the victim is unsure of
+                         (top-1 probability below TAU, a sigmoid of slope NU
+                         around it; NU 50 by default) are answered from a
+                         misinformation function instead
 """
 
 from __future__ import annotations
@@ -73,6 +78,27 @@ def reverse_sigmoid(p: np.ndarray, beta: float = 1.0,
                   1.0 / p.shape[1]).astype(np.float32)
 
 
+def misinformation(p: np.ndarray) -> np.ndarray:
+  """The answer that misleads most where the victim is right: mass
+  inversely proportional to the victim's own probabilities, so its most
+  likely class becomes the least likely. Adaptive Misinformation trains a
+  network for this (loss -log(1 - f'(x)_y)); this closed form needs none
+  and has the same aim: little probability on the victim's answer."""
+  inv = 1.0 / np.clip(np.asarray(p, np.float64), 1e-6, 1.0)
+  return (inv / inv.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def adaptive_misinformation(p: np.ndarray, tau: float,
+                            nu: float = 50.0) -> np.ndarray:
+  """(1 - a) p + a misinformation(p), a = sigmoid(nu (tau - max p)):
+  in-distribution queries (confident victim) keep their answer, out-of-
+  distribution ones (a knockoff set, generated images) get misinformation.
+  The top-1 of queries with max p well above TAU is unchanged."""
+  p = np.asarray(p, np.float32)
+  a = 1.0 / (1.0 + np.exp(-nu * (tau - p.max(axis=1, keepdims=True))))
+  return ((1.0 - a) * p + a * misinformation(p)).astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputMode:
   """A parsed spec: `apply(probs) -> answers`; `soft` says whether the
@@ -83,7 +109,7 @@ class OutputMode:
 
 
 OUTPUT_MODES = ('probs', 'label', 'topk:K', 'rounded:D', 'cutoff:T', 'noise:S',
-                'reverse_sigmoid:B,G')
+                'reverse_sigmoid:B,G', 'misinfo:TAU[,NU]')
 
 
 def parse_output(spec: str, seed: int = 0, field: str = 'output'
@@ -131,6 +157,15 @@ def parse_output(spec: str, seed: int = 0, field: str = 'output'
         raise ValueError
       b, g = parts
       return OutputMode(spec, lambda p: reverse_sigmoid(p, b, g), True)
+    if name == 'misinfo':
+      parts = [float(v) for v in arg.split(',')]
+      if len(parts) == 1:
+        parts.append(50.0)
+      if len(parts) != 2 or not 0 < parts[0] < 1 or parts[1] <= 0:
+        raise ValueError
+      tau, nu = parts
+      return OutputMode(spec, lambda p: adaptive_misinformation(p, tau, nu),
+                        True)
   except ValueError:
     pass
   raise ConfigError(field, f': invalid output mode {literal(repr(spec))}; '
