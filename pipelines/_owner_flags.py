@@ -14,3 +14,7 @@ WATERMARK_KEY = flags.DEFINE_string(
 WATERMARK_RATE = flags.DEFINE_float(
     'watermark_rate', 0.005, 'Fraction of queries the watermark answers '
     '(verify: the server\'s value).')
+DETECT = flags.DEFINE_string(
+    'detect', '', 'Detectors of stealing clients, comma-separated: prada, '
+    'prada:DELTA, shift, shift:ALPHA (pipelines.matrix: prada,shift when '
+    'empty).')

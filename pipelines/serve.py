@@ -99,9 +99,6 @@ _API_KEYS = flags.DEFINE_string(
 _QUERY_LOG_FSYNC = flags.DEFINE_bool(
     'query_log_fsync', True, 'fsync the query log before each answer (off: '
     'a killed server still loses nothing, a power cut may).')
-_DETECT = flags.DEFINE_string(
-    'detect', '', 'Detectors of stealing clients, comma-separated: prada, '
-    'prada:DELTA, shift, shift:ALPHA.')
 _DETECT_REFERENCE = flags.DEFINE_string(
     'detect_reference', None, "The owner's data for --detect=shift: a "
     'dataset name or .npz (its training images).')
@@ -259,10 +256,10 @@ def config_from_flags() -> ServeConfig:
       batch_max_size=_BATCH_MAX.value, batch_timeout_ms=_BATCH_TIMEOUT.value,
       versions=_VERSIONS.value, seed=common.SEED.value,
       api_keys=_API_KEYS.value, query_log=_owner_flags.QUERY_LOG.value,
-      query_log_fsync=_QUERY_LOG_FSYNC.value, detect=_DETECT.value,
+      query_log_fsync=_QUERY_LOG_FSYNC.value, detect=_owner_flags.DETECT.value,
       detect_reference=_DETECT_REFERENCE.value,
       detect_reference_size=_DETECT_REFERENCE_SIZE.value,
-      on_detect=_ON_DETECT.value,
+      on_detect=_ON_owner_flags.DETECT.value,
       watermark_key=_owner_flags.WATERMARK_KEY.value,
       watermark_rate=_owner_flags.WATERMARK_RATE.value)
 
