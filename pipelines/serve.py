@@ -259,7 +259,7 @@ def config_from_flags() -> ServeConfig:
       query_log_fsync=_QUERY_LOG_FSYNC.value, detect=_owner_flags.DETECT.value,
       detect_reference=_DETECT_REFERENCE.value,
       detect_reference_size=_DETECT_REFERENCE_SIZE.value,
-      on_detect=_ON_owner_flags.DETECT.value,
+      on_detect=_ON_DETECT.value,
       watermark_key=_owner_flags.WATERMARK_KEY.value,
       watermark_rate=_owner_flags.WATERMARK_RATE.value)
 

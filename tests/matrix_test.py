@@ -23,6 +23,7 @@ def knockoff_npz(tmp_path):
   return str(path)
 
 
+@pytest.mark.slow
 def test_matrix_smoke_fills_every_cell_and_resumes(tiny_npz, knockoff_npz,
                                                    tmp_path, capsys):
   from pipelines import matrix as pipeline  # pylint: disable=g-import-not-at-top
