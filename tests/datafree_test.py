@@ -92,6 +92,7 @@ def test_label_only_answers_pay_no_probes(tmp_path):
   assert victim.seen == 600
 
 
+@pytest.mark.slow
 def test_a_resumed_run_pays_nothing_twice_and_ends_the_same(tmp_path):
   whole = _CountingVictim()
   a = _attack(tmp_path / 'a', whole, budget=2000)
@@ -137,6 +138,7 @@ class _BandVictim:
     return _softmax(logits).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_the_loop_copies_a_toy_victim_better_than_noise_queries(tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
   from modelsteal import models  # pylint: disable=g-import-not-at-top
