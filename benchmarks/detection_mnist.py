@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 
 import numpy as np
 
@@ -38,25 +36,11 @@ sys.path.insert(0, REPO)
 
 
 def _start_server(args, keys_file, log_dir):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'pipelines.serve', '--port=0', '--grpc_port=-1',
-       f'--model_dir={args.model_dir}', '--model_name=victim',
-       f'--api_keys={keys_file}', f'--query_log={log_dir}',
-       f'--detect={args.detect}', f'--detect_reference={args.mnist}',
-       '--on_detect=flag'],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
-  timer = threading.Timer(args.limit_s, proc.kill)
-  timer.start()
-  for line in proc.stdout:
-    print(line, end='', flush=True)
-    if line.startswith('[serve] listening:'):
-      url = line.split()[2]
-      threading.Thread(target=lambda: [None for _ in proc.stdout],
-                       daemon=True).start()
-      return proc, timer, url
-  raise RuntimeError('the server did not start')
+  import _serve_proc  # pylint: disable=g-import-not-at-top
+  return _serve_proc.start(
+      [f'--model_dir={args.model_dir}', f'--api_keys={keys_file}',
+       f'--query_log={log_dir}', f'--detect={args.detect}',
+       f'--detect_reference={args.mnist}', '--on_detect=flag'], args.limit_s)
 
 
 class Client:

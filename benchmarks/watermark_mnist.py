@@ -29,7 +29,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 
 import numpy as np
 
@@ -38,23 +37,11 @@ sys.path.insert(0, REPO)
 
 
 def _serve(args, out, keys_file, key_file, log_dir):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'pipelines.serve', '--port=0', '--grpc_port=-1',
-       f'--model_dir={args.model_dir}', '--model_name=victim',
-       f'--api_keys={keys_file}', f'--query_log={log_dir}',
-       f'--watermark_key={key_file}', f'--watermark_rate={args.rate}'],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
-  timer = threading.Timer(args.limit_s, proc.kill)
-  timer.start()
-  for line in proc.stdout:
-    print(line, end='', flush=True)
-    if line.startswith('[serve] listening:'):
-      threading.Thread(target=lambda: [None for _ in proc.stdout],
-                       daemon=True).start()
-      return proc, timer, line.split()[2]
-  raise RuntimeError('the server did not start')
+  import _serve_proc  # pylint: disable=g-import-not-at-top
+  return _serve_proc.start(
+      [f'--model_dir={args.model_dir}', f'--api_keys={keys_file}',
+       f'--query_log={log_dir}', f'--watermark_key={key_file}',
+       f'--watermark_rate={args.rate}'], args.limit_s)
 
 
 def _serve_and_steal(args, mnist, key_file, keys_file, log_dir, thieves,
@@ -118,14 +105,12 @@ def main(argv=None):
   ap.add_argument('--verify_only', action='store_true',
                   help='reuse the key, logs and students of the last run')
   args = ap.parse_args(argv)
-  import requests  # pylint: disable=g-import-not-at-top
   from modelsteal.data import load_dataset  # pylint: disable=g-import-not-at-top
   from modelsteal.defenses import watermark  # pylint: disable=g-import-not-at-top
   from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
   from modelsteal.serving import querylog  # pylint: disable=g-import-not-at-top
   from modelsteal.training import TrainConfig  # pylint: disable=g-import-not-at-top
   from modelsteal.training import train_classifier  # pylint: disable=g-import-not-at-top
-  from pipelines import keys  # pylint: disable=g-import-not-at-top
   os.makedirs(args.out, exist_ok=True)
   mnist = load_dataset(args.mnist)
   key_file = os.path.join(args.out, 'wm.key')
