@@ -277,9 +277,10 @@ def _heatmap(df, cfg, path) -> str | None:
   ax.set_yticks(range(len(rows)), rows)
   for i in range(len(rows)):
     for j in range(len(cols)):
-      ax.text(j, i, 'blocked' if np.isnan(grid[i, j]) else
-              f'{100 * grid[i, j]:.1f}', ha='center', va='center',
-              color='w', fontsize=8)
+      blocked = np.isnan(grid[i, j])
+      ax.text(j, i, 'blocked' if blocked else f'{100 * grid[i, j]:.1f}',
+              ha='center', va='center', color='k' if blocked else 'w',
+              fontsize=8)
   ax.set_title(f'stolen fidelity (%), {cfg.budget:,} queries')
   fig.colorbar(im, ax=ax)
   fig.tight_layout()
