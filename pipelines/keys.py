@@ -52,6 +52,12 @@ def run(key_file: str, add: str | None = None, revoke: str | None = None,
     raise ConfigError('add', 'and {revoke} cannot be given together.')
   key = None
   if add:
+    try:
+      access.parse_clients({'clients': [{'name': add,
+                                         'key_sha256': '0' * 64}]})
+    except ConfigError:
+      raise ConfigError('add', ': a client name is 1-64 letters, digits, '
+                        f'"_", "." or "-", got {add!r}.') from None
     if any(c.name == add for c in clients):
       raise ConfigError('add', f': client {add!r} exists; revoke it and add '
                         'another name.')
@@ -99,7 +105,8 @@ def main(argv):
     if key is not None:
       print(key)
 
-  common.run_main(body, 'keys')
+  # The key file's errors name its field api_keys (pipelines.serve's flag).
+  common.run_main(body, 'keys', {'api_keys': '--key_file'})
 
 
 if __name__ == '__main__':

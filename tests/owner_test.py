@@ -108,6 +108,9 @@ def test_keys_pipeline_adds_revokes_and_stores_only_hashes(tmp_path, capsys):
   assert access.load_clients(path)[0].revoked
   with pytest.raises(ConfigError):
     keys.run(path, add='alice')
+  with pytest.raises(ConfigError) as e:
+    keys.run(path, add='bad name')
+  assert e.value.field == 'add'
   assert 'revoked' in capsys.readouterr().err
 
 
