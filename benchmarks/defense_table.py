@@ -108,8 +108,8 @@ def main(argv=None):
       wd, examples=data_lib.import_dataset(dataset, wd), seed=args.seed,
       victim_fraction=0.5, heldout_fraction=0.1,
       min_size=dataset.num_classes)['splits']
-  from modelsteal.training import recipe_params  # pylint: disable=g-import-not-at-top
-  recipe = recipe_params(spec.recipe)
+  from modelsteal.training import for_this_machine, recipe_params  # pylint: disable=g-import-not-at-top
+  recipe = recipe_params(for_this_machine(spec.recipe))
   if args.smoke:
     recipe['epochs'] = 1
   vres = train_model.run(wd, examples=splits, arch=spec.arch, recipe=recipe,

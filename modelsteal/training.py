@@ -84,6 +84,47 @@ def recipe_params(config: TrainConfig) -> dict:
   return d
 
 
+def native_bfloat16(cpuinfo: str | None = None) -> bool:
+  """Whether bf16 arithmetic runs natively here: an accelerator, or a CPU
+  with AVX-512 BF16 / AMX (x86) or BF16 (Arm) instructions. Elsewhere
+  oneDNN emulates it, and `mixed_bfloat16` trains many times slower
+  than float32 (BUILD_NOTES.md, "Stealing on CIFAR-10")."""
+  if cpuinfo is None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if tf.config.list_physical_devices('GPU') or \
+        tf.config.list_physical_devices('TPU'):
+      return True
+    try:
+      with open('/proc/cpuinfo', encoding='utf-8') as f:
+        cpuinfo = f.read()
+    except OSError:
+      return False
+  flags = set()
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(':')
+    if key.strip() in ('flags', 'Features'):
+      flags.update(value.split())
+  return bool(flags & {'avx512_bf16', 'amx_bf16', 'bf16'})
+
+
+def for_this_machine(config: TrainConfig, cpuinfo: str | None = None,
+                     log=print) -> TrainConfig:
+  """`config` with `mixed_bfloat16` replaced by float32 where bf16 is not
+  native (`native_bfloat16`), said on one line. The recipe that ran is the
+  one recorded, so a cached model says which precision trained it.
+  MODELSTEAL_BFLOAT16=1 keeps bf16 anyway."""
+  import os  # pylint: disable=g-import-not-at-top
+  if (config.precision != 'mixed_bfloat16' or
+      os.environ.get('MODELSTEAL_BFLOAT16') == '1' or
+      native_bfloat16(cpuinfo)):
+    return config
+  log('[training] this CPU has no native bf16 (AVX-512 BF16, AMX or Arm '
+      'BF16): training in float32 instead of mixed_bfloat16, which would be '
+      'emulated and many times slower (BUILD_NOTES.md, "Stealing on '
+      'CIFAR-10"; MODELSTEAL_BFLOAT16=1 keeps it).')
+  return dataclasses.replace(config, precision='float32')
+
+
 @contextlib.contextmanager
 def precision_policy(precision: str):
   """Keras' global dtype policy set to `precision` while models are built

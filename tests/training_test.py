@@ -62,3 +62,34 @@ def test_recipe_params_keep_fingerprints_of_earlier_runs():
   swa = dataclasses.replace(TrainConfig(), schedule='constant')
   assert recipe_params(swa)['schedule'] == 'constant'
   assert TrainConfig(**recipe_params(swa)) == swa
+
+
+_AVX2_ONLY = 'processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n'
+_SAPPHIRE = 'processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16\n'
+_NEOVERSE = 'processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n'
+
+
+def test_native_bfloat16_reads_the_cpu_flags():
+  from modelsteal.training import native_bfloat16  # pylint: disable=g-import-not-at-top
+  assert not native_bfloat16(_AVX2_ONLY)
+  assert native_bfloat16(_SAPPHIRE)
+  assert native_bfloat16(_NEOVERSE)
+  # a flag named like one, but not it, does not count
+  assert not native_bfloat16('flags\t: avx512_bf16x avx2\n')
+
+
+def test_bfloat16_recipe_falls_back_to_float32_without_native_bf16(
+    monkeypatch):
+  from modelsteal.training import for_this_machine  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('MODELSTEAL_BFLOAT16', raising=False)
+  bf16 = TrainConfig(epochs=3, precision='mixed_bfloat16')
+  said = []
+  ran = for_this_machine(bf16, cpuinfo=_AVX2_ONLY, log=said.append)
+  assert ran.precision == 'float32' and ran.epochs == 3
+  assert len(said) == 1 and 'float32' in said[0]
+  assert for_this_machine(bf16, cpuinfo=_SAPPHIRE, log=said.append) == bf16
+  plain = TrainConfig(epochs=3)
+  assert for_this_machine(plain, cpuinfo=_AVX2_ONLY, log=said.append) == plain
+  assert len(said) == 1
+  monkeypatch.setenv('MODELSTEAL_BFLOAT16', '1')
+  assert for_this_machine(bf16, cpuinfo=_AVX2_ONLY, log=said.append) == bf16

@@ -256,7 +256,7 @@ def open_victim(cfg: StealConfig, dataset, splits, wd: str, steps: Steps,
   from modelsteal import victims  # pylint: disable=g-import-not-at-top
   from modelsteal.attacks import train_model  # pylint: disable=g-import-not-at-top
   from modelsteal.export import load_predictor  # pylint: disable=g-import-not-at-top
-  from modelsteal.training import recipe_params  # pylint: disable=g-import-not-at-top
+  from modelsteal.training import for_this_machine, recipe_params  # pylint: disable=g-import-not-at-top
   if cfg.victim_url:
     return _rest_victim(cfg.victim_url, dataset, name)
   if cfg.victim_grpc:
@@ -266,7 +266,7 @@ def open_victim(cfg: StealConfig, dataset, splits, wd: str, steps: Steps,
     load_predictor(ref.location, trusted=True).check_input(dataset.shape)
     return Victim(ref, victim_path_name(cfg.victim_path), 'unknown')
   spec = victims.get_victim(cfg.victim)
-  recipe = recipe_params(spec.recipe)
+  recipe = recipe_params(for_this_machine(spec.recipe))
   if cfg.smoke:
     recipe['epochs'] = 1
     if recipe.get('warmup_epochs'):
