@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -113,7 +114,6 @@ def for_this_machine(config: TrainConfig, cpuinfo: str | None = None,
   native (`native_bfloat16`), said on one line. The recipe that ran is the
   one recorded, so a cached model says which precision trained it.
   MODELSTEAL_BFLOAT16=1 keeps bf16 anyway."""
-  import os  # pylint: disable=g-import-not-at-top
   if (config.precision != 'mixed_bfloat16' or
       os.environ.get('MODELSTEAL_BFLOAT16') == '1' or
       native_bfloat16(cpuinfo)):
