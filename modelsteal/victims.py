@@ -37,7 +37,7 @@ VICTIMS: dict[str, VictimSpec] = {
                                     ('mnist_cnn', 'mnist_mlp')),
     # CIFAR-10 recipes: BUILD_NOTES.md, "Stealing on CIFAR-10".
     'cifar10_cnn': VictimSpec('cifar10', 'cifar10_cnn',
-                              TrainConfig(epochs=85, batch_size=128,
+                              TrainConfig(epochs=60, batch_size=128,
                                           learning_rate=3e-3,
                                           augment='crop_flip',
                                           weight_decay=0.05,
