@@ -30,7 +30,7 @@ _QUERY_DATA = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string(
     'output', 'label', 'What the victim answers: probs, label, topk:K, '
     'rounded:D (and the defences cutoff:T, noise:S, reverse_sigmoid:B,G, '
-    'misinfo:TAU[,NU]).')
+    'misinfo:TAU[,NU], mad:EPS[,argmax]).')
 _BUDGET = flags.DEFINE_integer('budget', 10000, 'Query budget.')
 _BUDGETS = flags.DEFINE_list('budgets', [], 'Budget sweep, e.g. 100,1000,10000 '
                              '(overrides --budget).')

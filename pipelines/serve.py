@@ -83,7 +83,8 @@ _GRPC_PORT = flags.DEFINE_integer(
 _DEFENSE = flags.DEFINE_string(
     'output_defense', 'none', 'Output defence applied to the probabilities: '
     'none, label, topk:K, rounded:D, cutoff:T, noise:S, reverse_sigmoid:B,G, '
-    'misinfo:TAU[,NU] (Adaptive Misinformation).')
+    'misinfo:TAU[,NU] (Adaptive Misinformation), mad:EPS[,argmax] (MAD, '
+    'Prediction Poisoning).')
 _MAX_BODY = flags.DEFINE_integer('max_body_bytes', 32 << 20,
                                  'Largest request body accepted (bytes).')
 _BATCHING = flags.DEFINE_bool('batching', True, 'Batch concurrent requests '

@@ -41,6 +41,15 @@ def test_output_mode_and_budget():
     LocalOracle(victim, 'v', budget=0)
 
 
+def test_mad_output_sees_the_queries():
+  victim = CountingVictim()
+  x, _ = synthetic_images(10)
+  a = LocalOracle(victim, 'v', output='mad:0.4,argmax').query(x)
+  p = victim(x)
+  np.testing.assert_array_equal(a.argmax(1), p.argmax(1))
+  assert (np.abs(a - p).sum(1) <= 0.4 + 1e-4).all() and not np.allclose(a, p)
+
+
 def test_cache_never_pays_twice(tmp_path):
   victim = CountingVictim()
   x, _ = synthetic_images(20)

@@ -261,6 +261,17 @@ def test_rounding_defence_is_applied_before_answering(server, tiny_model):
   assert [p['label'] for p in preds] == list(probs.argmax(1))
 
 
+def test_mad_defence_reads_the_queries_and_keeps_top1(model_dir, tiny_model):
+  sig = serving.load_servable(model_dir, 'tiny_mad', defense='mad:0.5,argmax',
+                              versions='latest').version(None).signature(None)
+  x = _x(8)
+  out = sig.run({'images': x})
+  probs, truth = out['probabilities'], _local(tiny_model, x)
+  np.testing.assert_array_equal(out['label'], truth.argmax(1))
+  assert (np.abs(probs - truth).sum(1) <= 0.5 + 1e-4).all()
+  assert np.abs(probs - truth).sum(1).mean() > 0.01
+
+
 def test_defence_needs_a_probabilities_output(tmp_path):
   import tensorflow as tf
 

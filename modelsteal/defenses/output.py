@@ -21,6 +21,14 @@ Spec strings (`parse_output`):
                          (top-1 probability below TAU, a sigmoid of slope NU
                          around it; NU 50 by default) are answered from a
                          misinformation function instead
+    mad:EPS[,argmax]     Prediction Poisoning's MAD (Orekondy et al., ICLR
+                         2020): the answer within L1 distance EPS (0 < EPS
+                         <= 2) of the true one that turns an attacker's
+                         gradient step furthest from the true one's;
+                         `argmax` keeps the top-1 label (MAD-argmax)
+
+`mad` reads the queries too (`OutputMode.uses_inputs`); the others read
+only the probabilities.
 """
 
 from __future__ import annotations
@@ -99,17 +107,104 @@ def adaptive_misinformation(p: np.ndarray, tau: float,
   return ((1.0 - a) * p + a * misinformation(p)).astype(np.float32)
 
 
+def mad(p: np.ndarray, p_surrogate: np.ndarray, eps: float,
+        keep_top1: bool = False) -> np.ndarray:
+  """MAD (Maximizing Angular Deviation; Orekondy et al., "Prediction
+  Poisoning", ICLR 2020) with the surrogate's gradient in its last layer.
+
+  MAD answers the y~ that turns the attacker's gradient step a(y~) = G^T y~
+  (G: the Jacobian of a surrogate's log-probabilities in its weights)
+  furthest from the step on the true answer y, with y~ in the simplex and
+  ||y~ - y||_1 <= eps. In the last layer's weights W (logits W h + b),
+  d log p_s[k] / dW = (e_k - p_s) h^T, so a(y) = (y - p_s) h^T for any y in
+  the simplex, and the angle between a(y~) and a(y) is the angle between
+  y~ - p_s and y - p_s: the surrogate's probabilities `p_surrogate` are all
+  the objective needs (no per-class backward pass). As in the paper, the
+  candidates lie on the segments from y to each vertex e_k; along one the L1
+  distance is linear (alpha ||e_k - y||_1), so the furthest point the
+  budget allows is closed form, and the best of the K candidates by the
+  objective is answered. `keep_top1` (MAD-argmax) shortens each segment to
+  keep y's top-1 class. Where no candidate turns the step, y is answered.
+  """
+  y = np.asarray(p, np.float64)
+  q = np.asarray(p_surrogate, np.float64)
+  n, k = y.shape
+  eye = np.eye(k)
+  step = eye[None] - y[:, None, :]                      # (N, K, K): e_k - y
+  length = np.abs(step).sum(axis=2)                     # ||e_k - y||_1
+  alpha = np.minimum(1.0, eps / np.maximum(length, 1e-12))
+  if keep_top1:
+    top = y.argmax(axis=1)
+    gap = y[np.arange(n), top][:, None] - y               # y_t - y_k >= 0
+    # (1 - a) y_t > (1 - a) y_k + a  <=>  a < gap / (1 + gap)
+    bound = gap / (1.0 + gap) * (1.0 - 1e-6)
+    bound[np.arange(n), top] = 1.0
+    alpha = np.minimum(alpha, bound)
+  u = y - q                                             # (N, K)
+  cand = u[:, None, :] + alpha[..., None] * step        # y~ - p_s, per k
+  cos = (cand * u[:, None, :]).sum(axis=2) / np.maximum(
+      np.linalg.norm(cand, axis=2) * np.linalg.norm(u, axis=1)[:, None],
+      1e-12)
+  best = cos.argmin(axis=1)
+  rows = np.arange(n)
+  out = y + alpha[rows, best][:, None] * step[rows, best]
+  keep = cos[rows, best] >= 1.0 - 1e-9
+  out[keep] = y[keep]
+  out = np.clip(out, 0.0, None)
+  return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class RandomSurrogate:
+  """MAD's surrogate: a randomly initialised one-hidden-layer ReLU network
+  over the flattened, standardised query (the defender knows neither the
+  attacker's architecture nor its weights, so it holds a stand-in; at
+  initialisation it costs one small matrix product a batch). Its weights are
+  drawn from `seed` on the first call, when the input size and the number
+  of classes are known."""
+
+  def __init__(self, seed: int = 0, hidden: int = 128):
+    self.seed, self.hidden = seed, hidden
+    self._weights = None
+
+  def __call__(self, x: np.ndarray, num_classes: int) -> np.ndarray:
+    x = np.asarray(x, np.float32).reshape(len(x), -1)
+    x = (x - x.mean(axis=1, keepdims=True)) / (
+        x.std(axis=1, keepdims=True) + 1e-6)
+    if self._weights is None or self._weights[0].shape[0] != x.shape[1] \
+        or self._weights[1].shape[1] != num_classes:
+      rng = np.random.default_rng(self.seed)
+      d = x.shape[1]
+      self._weights = (
+          rng.normal(0, np.sqrt(2.0 / d), (d, self.hidden)).astype(np.float32),
+          rng.normal(0, np.sqrt(1.0 / self.hidden),
+                     (self.hidden, num_classes)).astype(np.float32))
+    w1, w2 = self._weights
+    z = np.maximum(x @ w1, 0.0) @ w2
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputMode:
-  """A parsed spec: `apply(probs) -> answers`; `soft` says whether the
-  answers carry more than the top-1 label (students then use soft targets)."""
+  """A parsed spec: `apply(probs, queries) -> answers`; `soft` says
+  whether the answers carry more than the top-1 label (students then use
+  soft targets); `uses_inputs` whether `apply` needs the queries (`mad`)."""
   spec: str
-  apply: Callable[[np.ndarray], np.ndarray]
+  fn: Callable[..., np.ndarray]
   soft: bool
+  uses_inputs: bool = False
+
+  def apply(self, p: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+    if not self.uses_inputs:
+      return self.fn(p)
+    if x is None:
+      raise ValueError(f'output mode {self.spec!r} needs the queries as well '
+                       'as the probabilities.')
+    return self.fn(p, x)
 
 
 OUTPUT_MODES = ('probs', 'label', 'topk:K', 'rounded:D', 'cutoff:T', 'noise:S',
-                'reverse_sigmoid:B,G', 'misinfo:TAU[,NU]')
+                'reverse_sigmoid:B,G', 'misinfo:TAU[,NU]', 'mad:EPS[,argmax]')
 
 
 def parse_output(spec: str, seed: int = 0, field: str = 'output'
@@ -166,8 +261,18 @@ def parse_output(spec: str, seed: int = 0, field: str = 'output'
       tau, nu = parts
       return OutputMode(spec, lambda p: adaptive_misinformation(p, tau, nu),
                         True)
+    if name == 'mad':
+      eps_text, _, flag = arg.partition(',')
+      eps = float(eps_text)
+      if not 0 < eps <= 2 or flag.strip() not in ('', 'argmax'):
+        raise ValueError
+      keep = flag.strip() == 'argmax'
+      surrogate = RandomSurrogate(seed)
+      return OutputMode(
+          spec, lambda p, x: mad(p, surrogate(x, np.shape(p)[1]), eps, keep),
+          True, uses_inputs=True)
   except ValueError:
     pass
   raise ConfigError(field, f': invalid output mode {literal(repr(spec))}; '
                     f'valid forms: {", ".join(OUTPUT_MODES)} (e.g. topk:3, '
-                    'rounded:2).')
+                    'rounded:2, mad:0.5,argmax).')

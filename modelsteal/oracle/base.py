@@ -101,7 +101,7 @@ class Oracle(abc.ABC):
       if raw.ndim != 2 or raw.shape[0] != len(missing):
         raise OracleError(f'the victim answered shape {raw.shape} for '
                           f'{len(missing)} queries; expected (N, classes).')
-      got = self.mode.apply(raw)
+      got = self.mode.apply(raw, x[missing])
       self.paid += len(missing)
       for j, i in enumerate(missing):
         answers[i] = got[j]

@@ -187,7 +187,8 @@ class Guard:
   def _after_model(self, st, where, inputs, out, raw, n) -> bytes | None:
     new_flags = self._observe(st, inputs, raw) if self.cfg.detectors else []
     if st.flagged and self.mislead is not None and raw is not None:
-      p = self.mislead.apply(np.asarray(raw, np.float32))
+      p = self.mislead.apply(np.asarray(raw, np.float32),
+                             next(iter(inputs.values()), None))
       if PROBS in out:
         out[PROBS] = p
       if LABEL in out:

@@ -107,7 +107,8 @@ class Signature:
     raw = out.get(PROBS) if self.keep_raw else None
     if self.defended:
       with self._lock:
-        p = self.mode.apply(np.asarray(out[PROBS], np.float32))
+        p = self.mode.apply(np.asarray(out[PROBS], np.float32),
+                            next(iter(inputs.values()), None))
       out[PROBS] = p
       out[LABEL] = p.argmax(axis=1).astype(np.int64)
     visible = {k: out[k] for k in self.outputs}
