@@ -229,9 +229,12 @@ def _metrics(evaluate_model, wd, splits, res, victim_ref, prefix):
 
 
 def _markdown(df, args, dataset, budget, arch, victim_acc) -> str:
+  source = (os.path.basename(os.path.normpath(args.query_data))
+            if args.query_data else "the attacker's half")
   lines = [
       f'Stealing {args.victim} ({dataset.name}, victim test accuracy '
-      f'{100 * victim_acc:.2f}%) with {budget:,} random queries, student '
+      f'{100 * victim_acc:.2f}%) with {budget:,} random queries from '
+      f'{source}, student '
       f'{arch}; accuracy = test accuracy, fidelity = test-set label agreement '
       'with the undefended victim.',
       '',
