@@ -1,7 +1,7 @@
 r"""Attacks x the owner's defences over the REST server: one table.
 
     python -m pipelines.matrix --victim=mnist_cnn --dataset=mnist \
-        --knockoff_data=fashion_mnist [--attacks=random,knockoff] \
+        --knockoff_data=fashion_mnist [--attacks=random,knockoff,margin] \
         [--defenses=none,label,misinfo:0.8,block,watermark] [--budget=10000]
 
 Columns (`--defenses`): `none`, any output defence of pipelines.serve
@@ -9,8 +9,9 @@ Columns (`--defenses`): `none`, any output defence of pipelines.serve
 `reverse_sigmoid:B,G`, `misinfo:TAU`), `block` (the detectors block a
 flagged client) and `watermark` (answers carry the watermark; the cell
 gets the ownership p-value of the stolen student). Rows (`--attacks`):
-`random` (the attacker's half of the data) and `knockoff`
-(`--knockoff_data`). Every column also runs the detectors (`--detect`,
+`random` (the attacker's half of the data), `knockoff`
+(`--knockoff_data`) and `margin` (the attacker's half, chosen in
+`--active_rounds` rounds by ActiveThief's margin strategy). Every column also runs the detectors (`--detect`,
 default prada,shift) and an honest client (`--honest_images` test images).
 
 Writes `<workdir>/matrix/<run>/cells.{json,csv}` and `fidelity.png`;
@@ -30,7 +31,10 @@ from pipelines import _steal_flags
 from pipelines import common
 
 _ATTACKS = flags.DEFINE_list('attacks', ['random', 'knockoff'],
-                             'Rows: random, knockoff.')
+                             'Rows: random, knockoff, margin.')
+_ACTIVE_ROUNDS = flags.DEFINE_integer(
+    'active_rounds', 4, 'Rounds of the margin attack (a random seed set, '
+    'then rounds the student of the round before chooses).')
 _DEFENSES = flags.DEFINE_string(
     'defenses', 'none;label;misinfo:0.8;block;watermark',
     "Columns, separated by ';' (or ',' where no spec has a comma): none, an "
@@ -59,7 +63,7 @@ def main(argv):
         dataset=common.DATASET.value, knockoff_data=_KNOCKOFF.value,
         attacks=tuple(_ATTACKS.value), defenses=_columns(_DEFENSES.value),
         budget=_steal_flags._BUDGET.value,  # pylint: disable=protected-access
-        student=_STUDENT.value, honest_images=_HONEST.value,
+        active_rounds=_ACTIVE_ROUNDS.value, student=_STUDENT.value, honest_images=_HONEST.value,
         watermark_rate=_owner_flags.WATERMARK_RATE.value,
         detect=_owner_flags.DETECT.value or 'prada,shift',
         workdir=common.WORKDIR.value, seed=common.SEED.value,

@@ -1,6 +1,7 @@
 """`python -m pipelines.matrix --smoke`: attacks x defences over the REST
 server, every cell's figures, resume, and the config's errors."""
 
+import glob
 import json
 import os
 
@@ -60,6 +61,26 @@ def test_matrix_smoke_fills_every_cell_and_resumes(tiny_npz, knockoff_npz,
   assert os.path.getmtime(os.path.join(run_dir, 'cells.json')) == before
 
 
+@pytest.mark.slow
+def test_matrix_margin_attack_asks_in_rounds_against_mad(tiny_npz, tmp_path):
+  wd = str(tmp_path / 'w')
+  res = matrix.run(matrix.MatrixConfig(
+      dataset=tiny_npz, workdir=wd, smoke=True, budget=60, honest_images=20,
+      attacks=('margin',), active_rounds=3, student='mnist_mlp',
+      defenses=('none', 'mad:0.5,argmax')), progress=lambda _: None)
+  cells = {c['defense']: c for c in res['cells']}
+  assert set(cells) == {'none', 'mad:0.5,argmax'}
+  for c in cells.values():
+    assert c['attack'] == 'margin' and c['queries_answered'] == 60
+    assert 0 <= c['fidelity'] <= 1
+  # MAD-argmax keeps every label the honest client reads
+  assert cells['mad:0.5,argmax']['honest_accuracy'] == \
+      cells['none']['honest_accuracy']
+  # three rounds: a seed set of 20, then two rounds chosen by margin, per cell
+  rounds = glob.glob(os.path.join(wd, 'label_round', '*', 'execution.json'))
+  assert len(rounds) == 4, rounds
+
+
 @pytest.mark.parametrize('kwargs,field', [
     ({'attacks': ()}, 'attacks'),
     ({'attacks': ('jbda',)}, 'attacks'),
@@ -67,6 +88,7 @@ def test_matrix_smoke_fills_every_cell_and_resumes(tiny_npz, knockoff_npz,
     ({'defenses': ('blur:3',)}, 'defenses'),
     ({'defenses': ('none', 'none')}, 'defenses'),
     ({'budget': 3}, 'budget'),
+    ({'active_rounds': 1}, 'active_rounds'),
     ({'detect': 'prada:5'}, 'detect'),
 ])
 def test_matrix_config_errors_name_the_field(kwargs, field):

@@ -1,7 +1,7 @@
 """Attacks against the owner's defences, cell by cell, over the REST server.
 
     python -m pipelines.matrix --victim=mnist_cnn --dataset=mnist \
-        --knockoff_data=fashion_mnist --attacks=random,knockoff \
+        --knockoff_data=fashion_mnist --attacks=random,knockoff,margin \
         --defenses=none,label,topk:1,rounded:1,noise:0.3,misinfo:0.8,block,watermark
 
 For each defence column the zoo victim (trained once, cached) is served in
@@ -10,7 +10,10 @@ per client, a query log, the detectors (`prada`, `shift`; flag only, or
 block in the `block` column) and, in the `watermark` column, the watermark.
 An honest client streams test images first; then each attack asks for
 probabilities, `budget` queries from its source (`random`: the attacker's
-half; `knockoff`: `knockoff_data`), and a student learns from the answers.
+half; `knockoff`: `knockoff_data`; `margin`: the attacker's half in
+`active_rounds` rounds, a random seed set and then the images the student
+of the round before is least sure of, ActiveThief's margin), and a student
+learns from the answers.
 Only the queries go over HTTP: the victim is scored and the students are
 compared with it locally, so the detectors see the attack and nothing else.
 
@@ -34,7 +37,7 @@ import numpy as np
 from modelsteal.errors import ConfigError
 from modelsteal.errors import literal
 
-ATTACKS = ('random', 'knockoff')
+ATTACKS = ('random', 'knockoff', 'margin')
 OWNER_COLUMNS = ('none', 'block', 'watermark')
 
 
@@ -47,6 +50,7 @@ class MatrixConfig:
   defenses: tuple[str, ...] = ('none', 'label', 'misinfo:0.8', 'block',
                                'watermark')
   budget: int = 10000
+  active_rounds: int = 4  # the margin attack's rounds, the seed set included
   student: str | None = None  # default: the victim's architecture
   honest_images: int = 2000
   watermark_rate: float = 0.005
@@ -77,6 +81,10 @@ class MatrixConfig:
       raise ConfigError('defenses', 'names a column twice.')
     if self.budget < 10:
       raise ConfigError('budget', f'must be at least 10, got {self.budget}.')
+    if not 2 <= self.active_rounds <= self.budget // 2:
+      raise ConfigError('active_rounds', 'must be at least 2 (a seed set and '
+                        'one chosen round) and at most half the budget, got '
+                        f'{self.active_rounds}.')
     if self.honest_images < 1:
       raise ConfigError('honest_images', 'must be at least 1.')
     # shift's reference comes later (the victim's own data): check the
@@ -129,7 +137,6 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
   from modelsteal.files import atomic_write  # pylint: disable=g-import-not-at-top
   from modelsteal.oracle.remote import API_KEY_ENV  # pylint: disable=g-import-not-at-top
   from modelsteal.oracle.rest import victim_ref_from_url  # pylint: disable=g-import-not-at-top
-  from modelsteal.attacks import label_queries  # pylint: disable=g-import-not-at-top
   from modelsteal.serving import access  # pylint: disable=g-import-not-at-top
   from modelsteal.serving import querylog  # pylint: disable=g-import-not-at-top
   started = time.time()
@@ -202,14 +209,12 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
         ref['fingerprint'] = hashlib.sha256(
             f'matrix|{tag}|{column}|{attack}'.encode()).hexdigest()
         try:
-          lab = label_queries.run(p.wd, splits=sources[attack], victim=ref,
-                                  output='probs', budget=cfg.budget,
-                                  strategy='random', seed=cfg.seed)
+          labeled = _attack(p, base, cfg, sources, attack, ref, arch)
           blocked = False
         except Exception as e:  # pylint: disable=broad-except
           if '403' not in str(e):
             raise
-          lab, blocked = None, True
+          labeled, blocked = None, True
         finally:
           os.environ.pop(API_KEY_ENV, None)
         st = g.states[attack]
@@ -222,8 +227,7 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
         if blocked:
           cell.update(accuracy=None, fidelity=None, p_value=None)
         else:
-          sres = stealing.train_student(p, base, lab['labeled'], arch,
-                                        cfg.budget)
+          sres = stealing.train_student(p, base, labeled, arch, cfg.budget)
           # Scored by train_student against the local, undefended victim.
           cell.update(accuracy=sres.metrics['accuracy'],
                       fidelity=sres.metrics['fidelity'],
@@ -252,6 +256,33 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
   plot = _heatmap(df, cfg, os.path.join(out_dir, 'fidelity.png'))
   return {'cells': cells, 'dir': out_dir, 'plot': plot,
           'seconds': round(time.time() - started, 1)}
+
+
+def _attack(p, base, cfg, sources, attack, ref, arch):
+  """The attack's answered queries (an Examples artifact), all asked
+  through `ref`: one random draw, or margin's rounds (each chosen by a
+  student of the answers so far, trained without a SavedModel)."""
+  from modelsteal.artifacts import Model  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks import label_queries  # pylint: disable=g-import-not-at-top
+  from modelsteal.attacks.active import label_round, round_sizes  # pylint: disable=g-import-not-at-top
+  from modelsteal.experiments import stealing  # pylint: disable=g-import-not-at-top
+  if attack != 'margin':
+    return label_queries.run(p.wd, splits=sources[attack], victim=ref,
+                             output='probs', budget=cfg.budget,
+                             strategy='random', seed=cfg.seed)['labeled']
+  sizes = round_sizes(cfg.budget, cfg.active_rounds)
+  labeled = label_queries.run(p.wd, splits=sources['random'], victim=ref,
+                              output='probs', budget=sizes[0],
+                              strategy='random', seed=cfg.seed)['labeled']
+  for r in range(1, len(sizes)):
+    student = stealing.train_student(p, base, labeled, arch, sizes[r - 1],
+                                     serving=False)
+    labeled = label_round.run(
+        p.wd, splits=sources['random'], previous=labeled,
+        student=Model.load(student.model_dir), victim=ref, output='probs',
+        n=sizes[r] - sizes[r - 1], strategy='margin', seed=cfg.seed,
+        round_index=r)['labeled']
+  return labeled
 
 
 def _write_bytes(path: str, data: bytes) -> None:
