@@ -40,8 +40,11 @@ from modelsteal.serving.registry import RAW
 
 log = logging.getLogger('modelsteal.serving')
 
-# Requests of at most this many instances have their log line encoded on the
-# event loop when no detector runs.
+# Requests of at most this many instances are observed, marked and logged on
+# the event loop: for a few images the detectors cost less than the trip to
+# the guard's thread and back (BUILD_NOTES.md, "Owner's side"), and the trip
+# would hold the client's lock meanwhile, so one client's concurrent
+# requests would queue behind it.
 _INLINE_INSTANCES = 8
 
 ANONYMOUS = access.Client(name='anonymous', key_sha256='0' * 64)
@@ -171,14 +174,13 @@ class Guard:
     if (not self.cfg.detectors and self.log is None
         and self.cfg.watermark is None):
       return out
-    # One trip to the guard's thread per request: the detectors, the
-    # misleading answer, the log line.
+    # The detectors, the misleading answer, the watermark and the log line:
+    # in the guard's thread for a large request, on the loop for a small one.
     async with st.lock:
-      if (self.cfg.detectors or self.cfg.watermark is not None
-          or n > _INLINE_INSTANCES):
+      if n > _INLINE_INSTANCES:
         line = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._after_model, st, where, inputs, out, raw, n)
-      else:  # a small log line costs less than the trip to a thread
+      else:
         line = self._after_model(st, where, inputs, out, raw, n)
     if line is not None:
       await self._append(st, line)
