@@ -182,6 +182,37 @@ def test_prada_flags_synthetic_queries_not_natural_ones():
   assert flagged_at is not None and flagged_at <= 500
 
 
+def _prada_by_hand(x, labels):
+  """PRADA's distances one query at a time, as the paper states them."""
+  sets, stats, out = {}, {}, []
+  for v, c in zip(x, labels):
+    if c not in sets:
+      sets[c], stats[c] = [v], []
+      continue
+    d = min(float(np.linalg.norm(v - u)) for u in sets[c])
+    out.append(d)
+    t = np.mean(stats[c]) - np.std(stats[c]) if stats[c] else 0.0
+    if d > t:
+      sets[c].append(v)
+      stats[c].append(d)
+  return np.array(out)
+
+
+def test_prada_distances_match_the_rule_in_batches_and_alone():
+  rng = np.random.default_rng(3)
+  x = rng.normal(0, 1, (300, 16)).astype(np.float32)
+  x[150:] = x[:150] + 0.05 * rng.normal(0, 1, (150, 16)).astype(np.float32)
+  labels = rng.integers(0, 3, 300)
+  want = _prada_by_hand(x, labels)
+  for batch in (1, 7, 64):
+    det = detection.Prada(min_queries=10 ** 6)  # no test: distances only
+    for i in range(0, 300, batch):
+      det.observe(x[i:i + batch], _onehot_probs(labels[i:i + batch], k=3))
+    # a batch is taken class by class: the same distances, another order
+    np.testing.assert_allclose(np.sort(det.distances), np.sort(want),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_shift_flags_out_of_distribution_windows_only():
   rng = np.random.default_rng(1)
 
