@@ -282,4 +282,8 @@ def parse_detectors(spec: str, reference: Reference | None = None,
                         'ALPHA in (0, 1)).')
     if [d.name for d in out].count(out[-1].name) > 1:
       raise ConfigError(field, f': {out[-1].name} is named twice.')
+  if out:
+    # The tests' first call would otherwise import scipy.stats (a slow
+    # import) inside a request, on the server's event loop.
+    from scipy import stats  # pylint: disable=g-import-not-at-top,unused-import
   return out
