@@ -146,6 +146,9 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
       smoke=cfg.smoke, output='probs',
       students=(cfg.student,) if cfg.student else ())
   p = stealing.prepare(base, 'matrix')
+  # prepare caps the budget to a smoke or offline pool: every cell uses it
+  budget = p.budgets[0]
+  base = dataclasses.replace(base, budgets=(budget,))
   arch = p.students[0]
   test = p.splits.load_split('test')
   x_test, y_test = test['x'].astype(np.float32), test['y']
@@ -209,7 +212,7 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
         ref['fingerprint'] = hashlib.sha256(
             f'matrix|{tag}|{column}|{attack}'.encode()).hexdigest()
         try:
-          labeled = _attack(p, base, cfg, sources, attack, ref, arch)
+          labeled = _attack(p, base, cfg, sources, attack, ref, arch, budget)
           blocked = False
         except Exception as e:  # pylint: disable=broad-except
           if '403' not in str(e):
@@ -218,7 +221,7 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
         finally:
           os.environ.pop(API_KEY_ENV, None)
         st = g.states[attack]
-        cell = {'defense': column, 'attack': attack, 'budget': cfg.budget,
+        cell = {'defense': column, 'attack': attack, 'budget': budget,
                 'student': arch, 'honest_accuracy': honest_acc,
                 'honest_flagged': list(g.states['honest'].flagged),
                 'queries_answered': st.queries, 'blocked': blocked,
@@ -227,7 +230,7 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
         if blocked:
           cell.update(accuracy=None, fidelity=None, p_value=None)
         else:
-          sres = stealing.train_student(p, base, labeled, arch, cfg.budget)
+          sres = stealing.train_student(p, base, labeled, arch, budget)
           # Scored by train_student against the local, undefended victim.
           cell.update(accuracy=sres.metrics['accuracy'],
                       fidelity=sres.metrics['fidelity'],
@@ -258,7 +261,7 @@ def run(cfg: MatrixConfig, progress=print) -> dict:
           'seconds': round(time.time() - started, 1)}
 
 
-def _attack(p, base, cfg, sources, attack, ref, arch):
+def _attack(p, base, cfg, sources, attack, ref, arch, budget):
   """The attack's answered queries (an Examples artifact), all asked
   through `ref`: one random draw, or margin's rounds (each chosen by a
   student of the answers so far, trained without a SavedModel)."""
@@ -268,9 +271,9 @@ def _attack(p, base, cfg, sources, attack, ref, arch):
   from modelsteal.experiments import stealing  # pylint: disable=g-import-not-at-top
   if attack != 'margin':
     return label_queries.run(p.wd, splits=sources[attack], victim=ref,
-                             output='probs', budget=cfg.budget,
+                             output='probs', budget=budget,
                              strategy='random', seed=cfg.seed)['labeled']
-  sizes = round_sizes(cfg.budget, cfg.active_rounds)
+  sizes = round_sizes(budget, cfg.active_rounds)
   labeled = label_queries.run(p.wd, splits=sources['random'], victim=ref,
                               output='probs', budget=sizes[0],
                               strategy='random', seed=cfg.seed)['labeled']
@@ -312,7 +315,7 @@ def _heatmap(df, cfg, path) -> str | None:
       ax.text(j, i, 'blocked' if blocked else f'{100 * grid[i, j]:.1f}',
               ha='center', va='center', color='k' if blocked else 'w',
               fontsize=8)
-  ax.set_title(f'stolen fidelity (%), {cfg.budget:,} queries')
+  ax.set_title(f'stolen fidelity (%), {df["budget"].max():,} queries')
   fig.colorbar(im, ax=ax)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
