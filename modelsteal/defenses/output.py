@@ -178,10 +178,9 @@ class RandomSurrogate:
           rng.normal(0, np.sqrt(2.0 / d), (d, self.hidden)).astype(np.float32),
           rng.normal(0, np.sqrt(1.0 / self.hidden),
                      (self.hidden, num_classes)).astype(np.float32))
+    from scipy.special import softmax  # pylint: disable=g-import-not-at-top
     w1, w2 = self._weights
-    z = np.maximum(x @ w1, 0.0) @ w2
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return softmax(np.maximum(x @ w1, 0.0) @ w2, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
